@@ -1,0 +1,49 @@
+# vxflood: everything runs from a local virtual environment the Makefile builds.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: all venv test unit integration e2e lint typecheck check bench demo clean
+
+all: test
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+## Whole suite: unit, integration (SQLite + PostgreSQL), e2e (root, namespaces).
+test: venv
+	$(BIN)/pytest tests
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: venv
+	$(BIN)/pytest tests/integration
+
+e2e: venv
+	$(BIN)/pytest tests/e2e
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+	cd migrations && ../$(BIN)/alembic check
+
+bench: venv
+	$(BIN)/python -m tests.benchmarks.run_all
+
+demo: venv
+	@if [ "$$(id -u)" != "0" ]; then echo "make demo builds network namespaces and needs root: run it as root (sudo make demo)"; exit 1; fi
+	$(BIN)/python contrib/lab/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
