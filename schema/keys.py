@@ -1,0 +1,105 @@
+"""Shared keys for signing control-plane datagrams (HMAC-SHA256).
+
+Key file format, one key a line: ``KEY_ID HEX_SECRET``; ``#`` starts a comment.
+The first key signs; every listed key verifies, so a key can be rotated by
+adding the new one second everywhere, then moving it first, then dropping the old.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_SECRET_BYTES = 32
+TAG_BYTES = 32
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+class KeyFileError(ValueError):
+    """The key file cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    key_id: str
+    secret: bytes = b""
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Key({self.key_id!r})"
+
+
+class Keyring:
+    """The keys a daemon signs and verifies with."""
+
+    def __init__(self, keys: list[Key]) -> None:
+        if not keys:
+            raise KeyFileError("a keyring needs at least one key")
+        ids = [k.key_id for k in keys]
+        if len(set(ids)) != len(ids):
+            raise KeyFileError("duplicate key id in keyring")
+        self.signing = keys[0]
+        self._by_id = {k.key_id.encode("ascii"): k for k in keys}
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<keys>") -> Keyring:
+        keys: list[Key] = []
+        seen: set[str] = set()
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = line.split()
+            where = f"{source}:{number}"
+            if len(fields) != 2:
+                raise KeyFileError(f"{where}: expected 'KEY_ID HEX_SECRET'")
+            key_id, hex_secret = fields
+            if not _KEY_ID.match(key_id):
+                raise KeyFileError(f"{where}: key id must be 1-32 of A-Z a-z 0-9 . _ -")
+            if key_id in seen:
+                raise KeyFileError(f"{where}: duplicate key id {key_id!r}")
+            try:
+                secret = bytes.fromhex(hex_secret)
+            except ValueError:
+                raise KeyFileError(f"{where}: secret is not hexadecimal") from None
+            if len(secret) < MIN_SECRET_BYTES:
+                raise KeyFileError(
+                    f"{where}: secret has {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed"
+                )
+            seen.add(key_id)
+            keys.append(Key(key_id, secret))
+        if not keys:
+            raise KeyFileError(f"{source}: no keys found")
+        return cls(keys)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Keyring:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"{p}: cannot read key file: {exc}") from None
+        return cls.parse(text, str(p))
+
+    def lookup(self, key_id: bytes) -> Key | None:
+        return self._by_id.get(key_id)
+
+    @staticmethod
+    def tag(key: Key, data: bytes) -> bytes:
+        return hmac.new(key.secret, data, hashlib.sha256).digest()
+
+    def verify(self, key_id: bytes, data: bytes, tag: bytes) -> bool | None:
+        """True/False for a known key; None when the key id is unknown."""
+        key = self.lookup(key_id)
+        if key is None:
+            return None
+        return hmac.compare_digest(self.tag(key, data), tag)
+
+
+def readable_by_others(path: str | Path) -> bool:
+    """Key files should be private to their daemon; callers warn otherwise."""
+    mode = Path(path).stat().st_mode
+    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
