@@ -1,0 +1,123 @@
+"""Keys, replay protection and validation: the checks every datagram passes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from schema.keys import KeyFileError, Keyring, readable_by_others
+from schema.replay import ReplayGuard
+from schema.validate import (
+    InvalidValue,
+    check_vni,
+    parse_vni,
+    parse_vtep,
+    vtep_from_packed,
+)
+
+
+def test_key_file_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# rotation\nnew " + "ab" * 32 + "  # signs\n\nold " + "cd" * 40 + "\n")
+    os.chmod(path, 0o600)
+    ring = Keyring.load(path)
+    assert ring.signing.key_id == "new"
+    assert ring.lookup(b"old") is not None
+    assert "cd" not in repr(ring.signing)
+    assert not readable_by_others(path)
+    os.chmod(path, 0o644)
+    assert readable_by_others(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no keys"),
+        ("k1 " + "ab" * 31, "at least 32"),
+        ("k1 zz" + "ab" * 32, "not hexadecimal"),
+        ("k1", "expected 'KEY_ID HEX_SECRET'"),
+        ("bad/id " + "ab" * 32, "key id"),
+        ("k1 " + "ab" * 32 + "\nk1 " + "cd" * 32, "duplicate"),
+    ],
+)
+def test_broken_key_files_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(KeyFileError, match=message):
+        Keyring.parse(text, "keys.txt")
+
+
+def test_missing_key_file(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot read"):
+        Keyring.load(tmp_path / "absent")
+
+
+def test_replay_guard_window() -> None:
+    guard = ReplayGuard(window_seconds=30)
+    now = 1000.0
+    ms = int(now * 1000)
+    assert guard.check("a", 1, 10, ms, now) is None
+    assert guard.check("a", 1, 10, ms, now) == "replay"
+    assert guard.check("a", 1, 12, ms, now) is None
+    assert guard.check("a", 1, 11, ms, now) is None  # reordered, still fresh
+    assert guard.check("a", 1, 11, ms, now) == "replay"
+    assert guard.check("a", 2, 1, ms, now) is None  # new incarnation starts over
+    assert guard.check("b", 1, 10, ms, now) is None  # senders are independent
+    assert guard.check("a", 1, 12 + 64, ms, now) is None
+    assert guard.check("a", 1, 12, ms, now) == "replay"  # fell out of the window
+    assert guard.check("a", 1, 500, ms - 31_000, now) == "stale"
+    assert guard.check("a", 1, 501, ms + 31_000, now) == "stale"
+
+
+def test_replay_guard_forgets_old_and_bounds_memory() -> None:
+    guard = ReplayGuard(window_seconds=10, max_senders=100)
+    for i in range(1000):
+        assert guard.check(f"s{i}", 1, 1, 0, 0.0) is None
+    assert len(guard) <= 100
+    assert guard.check("late", 1, 1, 20_000, 20.0) is None
+    assert len(guard) == 1  # everything older than the window was forgotten
+
+
+@pytest.mark.parametrize("text", ["0", "16777216", "-1", "abc", "1.5", ""])
+def test_invalid_vnis(text: str) -> None:
+    with pytest.raises(InvalidValue):
+        parse_vni(text)
+
+
+def test_valid_vnis_and_types() -> None:
+    assert parse_vni("1") == 1
+    assert parse_vni("16777215") == 16_777_215
+    with pytest.raises(InvalidValue):
+        check_vni(True)
+    with pytest.raises(InvalidValue):
+        check_vni("5")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "224.0.0.1",
+        "127.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "240.0.0.1",
+        "::",
+        "::1",
+        "ff02::1",
+        "fe80::1",
+        "::ffff:198.18.0.1",
+        "300.1.1.1",
+        "host",
+        "",
+    ],
+)
+def test_non_unicast_vteps_refused(text: str) -> None:
+    with pytest.raises(InvalidValue):
+        parse_vtep(text)
+
+
+@pytest.mark.parametrize("text", ["198.18.0.1", "10.0.0.7", "2001:db8::1", "fd00::7"])
+def test_unicast_vteps_accepted(text: str) -> None:
+    assert parse_vtep(text) == ipaddress.ip_address(text)
+    assert vtep_from_packed(ipaddress.ip_address(text).packed) == ipaddress.ip_address(text)
