@@ -36,7 +36,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 check: lint typecheck
-	cd migrations && ../$(BIN)/alembic check
+	$(BIN)/python -m migrations.check
 
 bench: venv
 	$(BIN)/python -m tests.benchmarks.run_all
