@@ -1,0 +1,174 @@
+"""Pure push planning: who is behind, delta or snapshot, when to retransmit.
+
+No I/O and no clock: every function takes `now` (float seconds) and the facts it
+decides on, so the rules can be tested exhaustively. The engine owns the state
+objects and calls these.
+
+The rules:
+
+- A node is *behind* on a VNI when the generation it has applied is below the
+  registry's. A node whose registry id differs from ours counts as having
+  applied nothing (generation 0).
+- A node that has applied nothing gets a snapshot (it is the same for every
+  such node, so it is encoded once per generation). Otherwise it gets a delta
+  from its applied generation when the change log reaches back that far and the
+  delta is smaller than the snapshot; else a snapshot.
+- At most one push per (node, VNI) is in flight. When its ack arrives and the
+  VNI has moved on, the next push goes at once; when no ack arrives, the push is
+  re-planned at the current generation after an exponential back-off
+  (initial, doubling, capped). The first retransmit repeats a delta (the usual
+  cause is a lost datagram); later ones send a snapshot, which the agent can
+  always apply whatever it holds.
+- A registered node expires `hold_time` after its last refresh.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_RETRANSMIT_INITIAL = 0.25
+DEFAULT_RETRANSMIT_MAX = 30.0
+
+
+class Kind(enum.Enum):
+    DELTA = "delta"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Send `kind` for `vni` at `generation`; `base` is the delta base (None: snapshot)."""
+
+    vni: int
+    generation: int
+    base: int | None
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.SNAPSHOT if self.base is None else Kind.DELTA
+
+
+def effective_applied(applied: int, node_registry: str, registry_id: str) -> int:
+    """The node's applied generation as this registry sees it."""
+    return applied if node_registry == registry_id else 0
+
+
+def behind(
+    generations: Mapping[int, int], applied: Mapping[int, int], vnis: Iterable[int]
+) -> list[int]:
+    """The VNIs among `vnis` where the node's applied generation is below the registry's."""
+    return [
+        vni for vni in vnis if (gen := generations.get(vni, 0)) > 0 and applied.get(vni, 0) < gen
+    ]
+
+
+def plan(
+    vni: int,
+    applied: int,
+    generation: int,
+    log_floor: int | None,
+    attempt: int = 0,
+) -> Plan | None:
+    """What to push to a node that has applied `applied` of a VNI now at `generation`.
+
+    `log_floor` is the oldest base the change log can build a delta from (None: no
+    log at all). `attempt` counts earlier unacked pushes of this (node, VNI).
+    """
+    if applied >= generation:
+        return None
+    if applied == 0 or attempt >= 2 or log_floor is None or applied < log_floor:
+        return Plan(vni, generation, None)
+    return Plan(vni, generation, applied)
+
+
+def delta_worth_it(delta_entries: int, members: int) -> bool:
+    """A delta is only worth sending when it is smaller than the snapshot."""
+    return delta_entries < max(members, 1)
+
+
+# ---------------------------------------------------------------- retransmit
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential back-off: initial, doubling per attempt, capped at maximum."""
+
+    initial: float = DEFAULT_RETRANSMIT_INITIAL
+    maximum: float = DEFAULT_RETRANSMIT_MAX
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError("retransmit back-off needs 0 < initial <= maximum")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait for an ack of the push numbered `attempt` (0 = first send)."""
+        if attempt >= 64:
+            return self.maximum
+        return float(min(self.initial * (2**attempt), self.maximum))
+
+
+@dataclass(slots=True)
+class InFlight:
+    """One unacked push of one VNI to one node."""
+
+    generation: int
+    first_sent: float  # when this (node, VNI) first fell behind and was pushed
+    sent: float  # the latest send
+    attempt: int  # sends so far minus one
+    due: float  # when to retransmit if still unacked
+
+    @classmethod
+    def start(cls, generation: int, now: float, backoff: Backoff) -> InFlight:
+        return cls(generation, now, now, 0, now + backoff.delay(0))
+
+    def resent(self, generation: int, now: float, backoff: Backoff) -> None:
+        """Record a retransmit (re-planned at `generation`)."""
+        self.attempt += 1
+        self.generation = generation
+        self.sent = now
+        self.due = now + backoff.delay(self.attempt)
+
+    def acked_by(self, generation: int) -> bool:
+        return generation >= self.generation
+
+
+def follow_up(inflight: InFlight | None, acked: int, current: int) -> bool:
+    """After an ack of `acked`, does the node need another push right away?
+
+    Yes when the VNI moved on past what was acked and the in-flight push (if any)
+    is covered by the ack: the window of one push per (node, VNI) is free again.
+    """
+    if acked >= current:
+        return False
+    return inflight is None or inflight.acked_by(acked)
+
+
+def may_push(inflight: InFlight | None, now: float) -> bool:
+    """A new push may go now unless one is in flight and not yet due for retransmit."""
+    return inflight is None or inflight.due <= now
+
+
+# ---------------------------------------------------------------- expiry
+
+
+def expires_at(last_refresh: float, hold_time: float) -> float:
+    return last_refresh + hold_time
+
+
+def is_expired(last_refresh: float, hold_time: float, now: float) -> bool:
+    """Hold time 0 never reaches here (it withdraws at once)."""
+    return now >= expires_at(last_refresh, hold_time)
+
+
+def expired(nodes: Mapping[str, tuple[float, float]], now: float) -> list[str]:
+    """Node ids whose (last_refresh, hold_time) have run out at `now`, sorted."""
+    return sorted(n for n, (last, hold) in nodes.items() if is_expired(last, hold, now))
+
+
+def check_hold_time(requested: int, maximum: int) -> str | None:
+    """None when a register's hold time is acceptable, else the rejection reason."""
+    if requested > maximum:
+        return "hold-time"
+    return None
