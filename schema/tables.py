@@ -132,5 +132,5 @@ node_vnis = Table(
     Column("vni", Integer, ForeignKey("vnis.vni"), primary_key=True),
     Column("local_address", String(ADDRESS_MAX), nullable=False),
     Column("applied_generation", BigInteger, nullable=False),
-    Index(None, "vni"),
+    Index(None, "vni", "local_address"),
 )

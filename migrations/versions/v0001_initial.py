@@ -95,11 +95,11 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["vni"], ["vnis.vni"], name=op.f("fk_node_vnis_vni_vnis")),
         sa.PrimaryKeyConstraint("node_id", "vni", name=op.f("pk_node_vnis")),
     )
-    op.create_index(op.f("ix_node_vnis_vni"), "node_vnis", ["vni"])
+    op.create_index(op.f("ix_node_vnis_vni_local_address"), "node_vnis", ["vni", "local_address"])
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_node_vnis_vni"), table_name="node_vnis")
+    op.drop_index(op.f("ix_node_vnis_vni_local_address"), table_name="node_vnis")
     op.drop_table("node_vnis")
     op.drop_table("changes")
     op.drop_index(op.f("ix_members_node_id"), table_name="members")
