@@ -1,0 +1,5 @@
+"""`python -m vxrd` runs the agent."""
+
+from vxrd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,473 @@
+"""The host agent: kernel discovery + control-plane clients + reconciler.
+
+One asyncio loop runs: the kernel event stream, the reconciler (woken by
+membership changes at once, by fdb events after a few ms, by a timer), the
+register refresh timer, one client task per server, the status API and the
+optional metrics endpoint.
+
+Fail-static rules: entries are only written or removed for a VNI once a server
+has answered for it (until then whatever the kernel holds is adopted); losing a
+server keeps its last answer; stopping keeps the entries unless flushing was
+asked for (`leave`, --flush-on-exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from schema.keys import Keyring
+from schema.validate import Address
+from schema.wire import Codec
+from vxrd.client import Outcome, ServerClient, union_members
+from vxrd.config import Config
+from vxrd.kernel import (
+    FdbChanged,
+    FloodDiff,
+    Kernel,
+    LinkChanged,
+    LinkRemoved,
+    Resync,
+    VxlanDevice,
+)
+from vxrd.metrics import Metrics
+from vxrd.reconcile import desired_for, reconcile
+
+log = logging.getLogger("vxrd")
+
+FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before re-reading
+LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
+
+MANAGED = "managed"
+DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A VXLAN device and what vxrd does with it."""
+
+    dev: VxlanDevice
+    status: str  # MANAGED, DOWN, or why it is left alone
+    local: Address | None  # effective VTEP address (device's own or --local)
+
+    @property
+    def eligible(self) -> bool:
+        """Ours to program: managed now, or down but kept (it may come back up)."""
+        return self.status in (MANAGED, DOWN)
+
+
+def classify(dev: VxlanDevice, config: Config) -> DeviceView:
+    if not any(fnmatch.fnmatchcase(dev.name, g) for g in config.include) or any(
+        fnmatch.fnmatchcase(dev.name, g) for g in config.exclude
+    ):
+        return DeviceView(dev, "excluded by configuration", None)
+    if dev.external or dev.vnifilter or dev.vni is None:
+        mode = "vnifilter" if dev.vnifilter else "external (collect-metadata)"
+        return DeviceView(dev, f"{mode} mode is not supported yet", None)
+    if dev.group is not None:
+        kind = "multicast group" if dev.group.is_multicast else "remote"
+        return DeviceView(dev, f"has {kind} {dev.group}", None)
+    local = dev.local or config.local
+    if local is None:
+        return DeviceView(dev, "no local address (set --local to manage it)", None)
+    return DeviceView(dev, MANAGED if dev.up else DOWN, local)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        kernel: Kernel,
+        keyring: Keyring | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.metrics = metrics or Metrics()
+        self.codec = Codec(keyring)
+        self.started = time.time()
+        self.devices: dict[int, DeviceView] = {}
+        self.serving: dict[int, Address] = {}  # vni -> local, as last registered
+        self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
+        self.clients = [
+            ServerClient(
+                s, config.node_id, self.codec, self._on_change, on_drop=self._count_drop
+            )
+            for s in config.servers
+        ]
+        self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
+        self._pending_acks: dict[int, dict[int, int]] = {}  # client index -> vni -> gen
+        self._wake = asyncio.Event()
+        self._due: float | None = None
+        self._lock = asyncio.Lock()  # reconcile vs. leave
+        self._logged: dict[int, str] = {}
+        self._leaving = False
+        self.last_reconcile: float | None = None
+        self.stop = asyncio.Event()
+        self.left: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open the kernel, start the clients, discover devices and register."""
+        await self.kernel.open()
+        try:
+            for c in self.clients:
+                await c.start()
+            await self.rescan()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def run(self) -> None:
+        """Run until `self.stop` is set; then flush if configured to. Call open() first."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._events(), name="vxrd-events"),
+                tg.create_task(self._reconciler(), name="vxrd-reconcile"),
+                tg.create_task(self._timer(self.config.refresh_interval, self._refresh)),
+                tg.create_task(self._timer(self.config.reconcile_interval, self._tick)),
+            ]
+            await self.stop.wait()
+            for t in tasks:
+                t.cancel()
+        if self.config.flush_on_exit and self.left is None:
+            await self.leave()
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.kernel.close()
+
+    def _count_drop(self, reason: str) -> None:
+        self.metrics.drops.labels(reason).inc()
+
+    async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await action()
+            except Exception:
+                log.exception("periodic %s failed", getattr(action, "__name__", "task"))
+
+    async def _refresh(self) -> None:
+        await self.register_all()
+
+    async def _tick(self) -> None:
+        self.kick(0.0)
+
+    # ------------------------------------------------------------ devices
+
+    def _note(self, view: DeviceView) -> None:
+        """One log line per device and reason, not one per rescan."""
+        if self._logged.get(view.dev.ifindex) == view.status:
+            return
+        self._logged[view.dev.ifindex] = view.status
+        d = view.dev
+        if view.status == MANAGED:
+            log.info("%s: managing VNI %s, local %s, port %s", d.name, d.vni, view.local, d.port)
+        elif view.status == DOWN:
+            log.info("%s: down, VNI %s withdrawn (flood entries kept)", d.name, d.vni)
+        else:
+            log.info("%s: left alone: %s", d.name, view.status)
+
+    def _set_device(self, dev: VxlanDevice) -> None:
+        view = classify(dev, self.config)
+        self.devices[dev.ifindex] = view
+        self._note(view)
+
+    def _drop_device(self, ifindex: int) -> None:
+        view = self.devices.pop(ifindex, None)
+        self.programmed.pop(ifindex, None)
+        self._logged.pop(ifindex, None)
+        if view is not None and view.eligible:
+            log.info("%s: deleted, VNI %s withdrawn", view.dev.name, view.dev.vni)
+
+    async def rescan(self) -> None:
+        devs = await self.kernel.list_vxlan()
+        seen = {d.ifindex for d in devs}
+        for ifindex in [i for i in self.devices if i not in seen]:
+            self._drop_device(ifindex)
+        for d in devs:
+            self._set_device(d)
+        await self._after_device_change()
+
+    def serve_map(self) -> dict[int, Address]:
+        out: dict[int, Address] = {}
+        for ifindex in sorted(self.devices):
+            view = self.devices[ifindex]
+            if view.status != MANAGED or view.local is None or view.dev.vni is None:
+                continue
+            if view.dev.vni in out and out[view.dev.vni] != view.local:
+                log.warning(
+                    "%s: VNI %s already served with local %s; registering that one",
+                    view.dev.name,
+                    view.dev.vni,
+                    out[view.dev.vni],
+                )
+                continue
+            out.setdefault(view.dev.vni, view.local)
+        return out
+
+    async def _after_device_change(self) -> None:
+        serve = self.serve_map()
+        self.metrics.managed_devices.set(
+            sum(1 for v in self.devices.values() if v.status == MANAGED)
+        )
+        if serve != self.serving and not self._leaving:
+            self.serving = serve
+            await self.register_all()
+        self.kick(0.0)
+
+    async def _events(self) -> None:
+        async for ev in self.kernel.events():
+            try:
+                if isinstance(ev, FdbChanged):
+                    view = self.devices.get(ev.ifindex)
+                    if view is not None and view.status == MANAGED:
+                        self.kick(FDB_DEBOUNCE)
+                elif isinstance(ev, LinkChanged):
+                    dev = await self.kernel.get_vxlan(ev.ifindex)
+                    if dev is None:
+                        self._drop_device(ev.ifindex)
+                    else:
+                        self._set_device(dev)
+                    await self._after_device_change()
+                elif isinstance(ev, LinkRemoved):
+                    self._drop_device(ev.ifindex)
+                    await self._after_device_change()
+                elif isinstance(ev, Resync):
+                    log.warning("kernel events lost (%s): full rescan", ev.reason)
+                    await self.rescan()
+            except OSError as exc:
+                log.warning("handling %s failed: %s; full rescan", ev, exc)
+                await self.rescan()
+
+    # ------------------------------------------------------------ control plane
+
+    async def register_all(self) -> None:
+        hold = 0 if self._leaving else self.config.hold_time
+        for c in self.clients:
+            await c.send_register(self.serving, hold)
+        self.metrics.registers.inc()
+
+    def _on_change(self, client: ServerClient, out: Outcome) -> None:
+        idx = self.clients.index(client)
+        acks = self._pending_acks.setdefault(idx, {})
+        for vni, gen in out.acks:
+            acks[vni] = max(gen, acks.get(vni, 0))
+        if out.reset:  # a new registry: report at once so it answers for every VNI
+            asyncio.get_running_loop().create_task(client.send_register(self.serving, self._hold))
+        self.kick(0.0)
+
+    @property
+    def _hold(self) -> int:
+        return 0 if self._leaving else self.config.hold_time
+
+    # ------------------------------------------------------------ reconcile
+
+    def kick(self, delay: float) -> None:
+        """Ask for a reconciliation within `delay` seconds."""
+        due = time.monotonic() + delay
+        if self._due is None or due < self._due:
+            self._due = due
+        self._wake.set()
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._wake.wait()
+            wait = 0.0 if self._due is None else self._due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # debounce: more events may arrive meanwhile
+            self._wake.clear()
+            self._due = None
+            try:
+                await self.reconcile_now()
+            except OSError as exc:
+                log.warning("reconcile failed: %s (retrying)", exc)
+                self.kick(1.0)
+
+    async def reconcile_now(self) -> None:
+        """Make every managed device's flood list the union of what servers said."""
+        async with self._lock:
+            if self._leaving:
+                return
+            acks, self._pending_acks = self._pending_acks, {}
+            states = [c.state for c in self.clients]
+            actual_all = await self.kernel.flood_entries()
+            diffs: dict[int, FloodDiff] = {}
+            repairs = 0
+            for ifindex, view in self.devices.items():
+                if view.status != MANAGED or view.dev.vni is None:
+                    continue
+                members = union_members(states, view.dev.vni)
+                if members is None:
+                    continue  # no server answered yet: adopt what the kernel holds
+                desired = desired_for(members, view.local)
+                actual = frozenset(actual_all.get(ifindex, ()))
+                diff = reconcile(desired, actual)
+                before = self.programmed.get(ifindex)
+                if before is not None:
+                    repairs += len(diff.add & before) + len(diff.remove - before)
+                self.programmed[ifindex] = desired
+                if not diff.empty:
+                    diffs[ifindex] = diff
+            self.metrics.reconcile_runs.inc()
+            self.last_reconcile = time.time()
+            if repairs:
+                self.metrics.reconcile_repairs.inc(repairs)
+                log.info("repaired %d flood entries changed outside vxrd", repairs)
+            if diffs:
+                await self._apply(diffs)
+        for idx, applied in acks.items():
+            self.clients[idx].send_ack(sorted(applied.items()))
+
+    async def _apply(self, diffs: dict[int, FloodDiff]) -> None:
+        t0 = time.perf_counter()
+        result = await self.kernel.apply(diffs)
+        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
+        self.metrics.fdb_adds.inc(result.added)
+        self.metrics.fdb_removes.inc(result.removed)
+        if result.errors:
+            self.metrics.fdb_errors.inc(len(result.errors))
+            first = result.errors[0]
+            log.warning(
+                "%d flood entry writes failed (first: ifindex %d dst %s: %s)",
+                len(result.errors),
+                first.ifindex,
+                first.address,
+                first.message,
+            )
+        log.debug("applied %s: +%d -%d", diffs, result.added, result.removed)
+
+    # ------------------------------------------------------------ leave
+
+    async def leave(self) -> dict[str, Any]:
+        """Withdraw from every server (hold 0), flush managed devices' flood entries."""
+        async with self._lock:
+            if self.left is not None:
+                return self.left
+            self._leaving = True
+            for i in range(LEAVE_REPEATS):
+                if i:
+                    await asyncio.sleep(0.02)
+                await self.register_all()
+            actual_all = await self.kernel.flood_entries()
+            diffs = {
+                ifindex: FloodDiff(remove=frozenset(actual_all[ifindex]))
+                for ifindex, view in self.devices.items()
+                if view.eligible and actual_all.get(ifindex)
+            }
+            if diffs:
+                await self._apply(diffs)
+            self.programmed.clear()
+            self.left = {
+                "servers": [c.name for c in self.clients],
+                "devices": sorted(self.devices[i].dev.name for i in diffs),
+                "flushed": sum(len(d.remove) for d in diffs.values()),
+            }
+            log.info(
+                "left: withdrew from %d server(s), flushed %d entries on %d device(s)",
+                len(self.clients),
+                self.left["flushed"],
+                len(diffs),
+            )
+            return self.left
+
+    # ------------------------------------------------------------ status views
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "node_id": self.config.node_id,
+            "hostname": socket.gethostname(),
+            "uptime": round(now - self.started, 3),
+            "leaving": self._leaving,
+            "last_reconcile": self.last_reconcile,
+            "servers": [
+                {
+                    "server": c.name,
+                    "address": None if c.address is None else c.address[0],
+                    "registry": c.state.registry or None,
+                    "last_contact": c.last_contact,
+                    "seconds_since_contact": None
+                    if c.last_contact is None
+                    else round(now - c.last_contact, 3),
+                    "vnis": len(c.state.vnis),
+                    "dropped": dict(c.drops),
+                }
+                for c in self.clients
+            ],
+            "devices": {
+                "managed": sum(1 for v in self.devices.values() if v.status == MANAGED),
+                "total": len(self.devices),
+            },
+        }
+
+    async def device_list(self) -> list[dict[str, Any]]:
+        actual = await self.kernel.flood_entries()
+        out = []
+        for ifindex in sorted(self.devices):
+            v = self.devices[ifindex]
+            d = v.dev
+            out.append(
+                {
+                    "ifindex": ifindex,
+                    "name": d.name,
+                    "vni": d.vni,
+                    "local": None if v.local is None else str(v.local),
+                    "port": d.port,
+                    "up": d.up,
+                    "state": v.status if v.eligible else "ignored",
+                    "reason": None if v.eligible else v.status,
+                    "entries": len(actual.get(ifindex, ())),
+                }
+            )
+        return out
+
+    async def peers(self, vni: int | None = None) -> list[dict[str, Any]]:
+        actual = await self.kernel.flood_entries()
+        by_vni: dict[int, list[DeviceView]] = {}
+        for v in self.devices.values():
+            if v.eligible and v.dev.vni is not None:
+                by_vni.setdefault(v.dev.vni, []).append(v)
+        vnis = set(by_vni) | {n for c in self.clients for n in c.state.vnis}
+        if vni is not None:
+            vnis &= {vni}
+        out = []
+        for n in sorted(vnis):
+            servers = {}
+            for c in self.clients:
+                st = c.state.vnis.get(n)
+                if st is not None:
+                    servers[c.name] = {
+                        "generation": st.applied,
+                        "stale": st.stale,
+                        "members": sorted(str(a) for a in st.members),
+                    }
+            members = union_members([c.state for c in self.clients], n)
+            devs = by_vni.get(n, [])
+            out.append(
+                {
+                    "vni": n,
+                    "devices": [
+                        {
+                            "name": v.dev.name,
+                            "local": None if v.local is None else str(v.local),
+                            "state": v.status,
+                            "flood": sorted(str(a) for a in actual.get(v.dev.ifindex, ())),
+                        }
+                        for v in devs
+                    ],
+                    "members": None if members is None else sorted(str(a) for a in members),
+                    "servers": servers,
+                }
+            )
+        return out
+

@@ -1,0 +1,115 @@
+"""`vxrd` entry point: configuration, logging, one event loop, clean shutdown.
+
+SIGTERM and SIGINT set one stop event; the agent stops its tasks, the status
+socket and metrics endpoint close, the kernel sockets close, and the flood
+entries stay (fail-static) unless --flush-on-exit is set. Exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from schema.keys import KeyFileError, Keyring, readable_by_others
+from vxrd.agent import Agent
+from vxrd.config import Config, ConfigError, load
+from vxrd.kernel import Kernel
+from vxrd.metrics import Metrics, start_http
+from vxrd.status import start_status, stop_status
+
+log = logging.getLogger("vxrd")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def load_keyring(config: Config) -> Keyring | None:
+    if config.key_file is None:
+        return None
+    keyring = Keyring.load(config.key_file)
+    if readable_by_others(config.key_file):
+        log.warning("key file %s is readable by group or others", config.key_file)
+    return keyring
+
+
+async def serve(
+    config: Config,
+    kernel: Kernel | None = None,
+    keyring: Keyring | None = None,
+    stop: asyncio.Event | None = None,
+    signals: bool = True,
+) -> Agent:
+    """Run the daemon until SIGTERM/SIGINT (or `stop`); return the finished agent."""
+    metrics = Metrics()
+    agent = Agent(config, kernel or Kernel(), keyring, metrics)
+    loop = asyncio.get_running_loop()
+    if signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop.set)
+    watcher = None
+    if stop is not None:
+        watcher = loop.create_task(_forward(stop, agent.stop))
+    await agent.open()
+    runners: list[web.AppRunner] = []
+    try:
+        status = await start_status(agent, config.status_socket)
+        if config.metrics is not None:
+            runners.append(await start_http(metrics, *config.metrics))
+        log.info(
+            "vxrd %s started: %d server(s), %d device(s) managed, status on %s",
+            config.node_id,
+            len(agent.clients),
+            len(agent.serving),
+            config.status_socket,
+        )
+        try:
+            await agent.run()
+        finally:
+            await stop_status(status, config.status_socket)
+    finally:
+        for r in runners:
+            await r.cleanup()
+        await agent.close()
+        if watcher is not None:
+            watcher.cancel()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    log.info("vxrd stopped (%s)", "left" if agent.left else "flood entries kept")
+    return agent
+
+
+async def _forward(src: asyncio.Event, dst: asyncio.Event) -> None:
+    await src.wait()
+    dst.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load(argv)
+    except ConfigError as exc:
+        print(f"vxrd: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        keyring = load_keyring(config)
+    except KeyFileError as exc:
+        print(f"vxrd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, keyring=keyring))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
