@@ -96,9 +96,7 @@ class Agent:
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
         self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
         self.clients = [
-            ServerClient(
-                s, config.node_id, self.codec, self._on_change, on_drop=self._count_drop
-            )
+            ServerClient(s, config.node_id, self.codec, self._on_change, on_drop=self._count_drop)
             for s in config.servers
         ]
         self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
@@ -470,4 +468,3 @@ class Agent:
                 }
             )
         return out
-

@@ -291,9 +291,7 @@ class ServerClient:
         if not await self._ensure_socket():
             return
         self.round += 1
-        template = Register(
-            self.seq.next(), hold_time, self.state.registry, self.round, 0, 1, ()
-        )
+        template = Register(self.seq.next(), hold_time, self.state.registry, self.round, 0, 1, ())
         # `template.env` above consumed one sequence number; harmless (gaps are allowed)
         entries = self.state.entries(serve) if hold_time else []
         for part in split_register(self.codec, template, entries, self.seq.many(), self.budget):

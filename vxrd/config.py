@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="vxflood host agent: registers this host's VXLAN devices with the "
         "service node(s) and programs the flood lists they send into the kernel.",
         epilog="Every option can also be set in the TOML file given by --config "
-        "(snake_case keys, e.g. hold_time = 90, servers = [\"10.0.0.1\"]); "
+        '(snake_case keys, e.g. hold_time = 90, servers = ["10.0.0.1"]); '
         "flags override the file.",
         argument_default=argparse.SUPPRESS,
     )
@@ -284,8 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold-time",
         dest="hold_time",
         metavar="S",
-        help="seconds the registration lives without refresh; refresh every hold/3 "
-        "(default: 90)",
+        help="seconds the registration lives without refresh; refresh every hold/3 (default: 90)",
     )
     a(
         "--include",

@@ -1,0 +1,188 @@
+"""The agent's per-server protocol state, fed messages directly: no sockets, no kernel."""
+
+from __future__ import annotations
+
+from schema.keys import Key, Keyring
+from schema.wire import Codec, Envelope, Membership, Sequencer, address, split_membership
+from vxrd.client import ASSEMBLY_TIMEOUT, ServerClient, ServerState, union_members
+from vxrd.config import ServerAddr
+
+A, B, C, D = (address(f"10.0.0.{i}") for i in range(1, 5))
+ENV = Envelope("snd", 1, 1, 0)
+
+
+def snap(
+    vni: int, gen: int, *members: object, registry: str = "r1", part: int = 0, parts: int = 1
+) -> Membership:
+    return Membership(ENV, registry, vni, gen, None, tuple(members), (), part, parts)  # type: ignore[arg-type]
+
+
+def delta(
+    vni: int,
+    base: int,
+    gen: int,
+    add: tuple[object, ...] = (),
+    remove: tuple[object, ...] = (),
+    registry: str = "r1",
+) -> Membership:
+    return Membership(ENV, registry, vni, gen, base, add, remove)  # type: ignore[arg-type]
+
+
+def test_snapshot_sets_members_and_acks_after_apply() -> None:
+    st = ServerState()
+    out = st.handle(snap(100, 3, A, B), 0.0)
+    assert out.changed == {100}
+    assert out.acks == [(100, 3)]
+    assert out.reacks == []
+    assert st.members(100) == {A, B}
+    assert st.applied(100) == 3
+    assert st.registry == "r1"
+
+
+def test_snapshot_parts_are_assembled_before_anything_changes() -> None:
+    st = ServerState()
+    st.handle(snap(100, 1, A), 0.0)
+    codec = Codec()
+    many = tuple(address(f"10.1.{i // 250}.{i % 250 + 1}") for i in range(600))
+    parts = split_membership(codec, snap(100, 5, *many), Sequencer("snd").many())
+    assert len(parts) > 1
+    for p in reversed(parts[1:]):  # out of order
+        out = st.handle(p, 0.0)
+        assert out.ignored == "partial" and not out.changed
+        assert st.members(100) == {A}
+    out = st.handle(parts[0], 0.0)
+    assert out.changed == {100} and out.acks == [(100, 5)]
+    assert st.members(100) == set(many)
+
+
+def test_partial_assembly_expires() -> None:
+    st = ServerState()
+    st.handle(snap(7, 2, A, part=0, parts=2), 0.0)
+    # the other part arrives too late: the first part was forgotten
+    out = st.handle(snap(7, 2, B, part=1, parts=2), ASSEMBLY_TIMEOUT + 1)
+    assert out.ignored == "partial"
+    assert st.members(7) is None
+
+
+def test_delta_applies_only_on_matching_base() -> None:
+    st = ServerState()
+    st.handle(snap(100, 3, A, B), 0.0)
+    out = st.handle(delta(100, 3, 4, add=(C,), remove=(A,)), 0.0)
+    assert out.changed == {100} and out.acks == [(100, 4)]
+    assert st.members(100) == {B, C}
+    # base 5 != applied 4: ignored, and the server is told where we are
+    out = st.handle(delta(100, 5, 6, add=(D,)), 0.0)
+    assert not out.changed and out.ignored == "base-mismatch"
+    assert out.reacks == [(100, 4)]
+    assert st.members(100) == {B, C} and st.applied(100) == 4
+
+
+def test_delta_for_unknown_vni_needs_base_zero() -> None:
+    st = ServerState()
+    assert st.handle(delta(9, 2, 3, add=(A,)), 0.0).ignored == "base-mismatch"
+    assert st.members(9) is None
+    assert st.handle(delta(9, 0, 1, add=(A,)), 0.0).changed == {9}
+    assert st.members(9) == {A}
+
+
+def test_duplicate_is_reacked_with_the_applied_generation() -> None:
+    st = ServerState()
+    st.handle(snap(100, 3, A), 0.0)
+    for dup in (snap(100, 3, A), snap(100, 2, B), delta(100, 1, 3, add=(C,))):
+        out = st.handle(dup, 0.0)
+        assert out.ignored == "duplicate"
+        assert not out.changed and not out.acks
+        assert out.reacks == [(100, 3)]
+    assert st.members(100) == {A}
+
+
+def test_registry_change_resets_generations_but_keeps_members_until_answered() -> None:
+    st = ServerState()
+    st.handle(snap(100, 40, A, B), 0.0)
+    st.handle(snap(200, 41, C), 0.0)
+    # a recreated registry starts again at low generations: not a duplicate
+    out = st.handle(snap(100, 2, B, registry="r2"), 0.0)
+    assert out.reset and out.changed == {100}
+    assert st.registry == "r2"
+    assert st.members(100) == {B} and st.applied(100) == 2
+    # VNI 200 has no answer from r2 yet: fail-static, members kept, generation 0
+    assert st.members(200) == {C}
+    assert st.applied(200) == 0
+    assert [e.applied for e in st.entries({100: A, 200: A})] == [2, 0]
+    # a delta from 0 of the new registry replaces the stale set (0 = empty set)
+    out = st.handle(delta(200, 0, 3, add=(D,), registry="r2"), 0.0)
+    assert out.changed == {200}
+    assert st.members(200) == {D}
+
+
+def test_first_registry_is_not_a_reset() -> None:
+    st = ServerState()
+    assert not st.handle(snap(1, 1, A), 0.0).reset
+
+
+def test_union_across_servers() -> None:
+    s1, s2, s3 = ServerState(), ServerState(), ServerState()
+    s1.handle(snap(100, 1, A, B), 0.0)
+    s2.handle(snap(100, 7, B, C, registry="other"), 0.0)
+    assert union_members([s1, s2, s3], 100) == {A, B, C}
+    assert union_members([s3], 100) is None  # nobody answered: adopt the kernel's state
+    s1.handle(snap(100, 2), 0.0)
+    assert union_members([s1, s2, s3], 100) == {B, C}
+
+
+def test_entries_report_applied_generations() -> None:
+    st = ServerState()
+    st.handle(snap(100, 3, A), 0.0)
+    entries = st.entries({200: A, 100: A})
+    assert [(e.vni, e.applied) for e in entries] == [(100, 3), (200, 0)]
+
+
+# ------------------------------------------------------------ datagram checks (no socket)
+
+
+def _client(keyring: Keyring | None = None) -> tuple[ServerClient, list[bytes]]:
+    sent: list[bytes] = []
+    c = ServerClient(ServerAddr("192.0.2.1"), "node", Codec(keyring), lambda *_: None)
+    c.address = ("192.0.2.1", 10001)
+    c._send = sent.append  # type: ignore[method-assign]
+    return c, sent
+
+
+def _wire(codec: Codec, msg: Membership, seq: Sequencer) -> bytes:
+    from dataclasses import replace
+
+    return codec.encode(replace(msg, env=seq.next()))
+
+
+def test_feed_checks_source_tag_and_replay() -> None:
+    key = Keyring([Key("k1", b"x" * 32)])
+    c, sent = _client(key)
+    seq = Sequencer("snd")
+    good = _wire(Codec(key), snap(100, 1, A), seq)
+    assert c.feed(good, "192.0.2.9", seq._clock(), 0.0) is None
+    assert c.drops["unexpected-source"] == 1
+    bad = _wire(Codec(Keyring([Key("k1", b"y" * 32)])), snap(100, 1, A), seq)
+    assert c.feed(bad, "192.0.2.1", seq._clock(), 0.0) is None
+    assert c.drops["bad-tag"] == 1
+    unsigned = _wire(Codec(), snap(100, 1, A), seq)
+    assert c.feed(unsigned, "192.0.2.1", seq._clock(), 0.0) is None
+    assert c.drops["unsigned"] == 1
+    assert c.state.members(100) is None and c.last_contact is None
+    out = c.feed(good, "192.0.2.1", seq._clock(), 0.0)
+    assert out is not None and out.changed == {100}
+    assert c.feed(good, "192.0.2.1", seq._clock(), 0.0) is None
+    assert c.drops["replay"] == 1
+    # a duplicate generation in a fresh datagram is re-acked at once
+    out = c.feed(_wire(Codec(key), snap(100, 1, A), seq), "::ffff:192.0.2.1", seq._clock(), 0.0)
+    assert out is not None and out.reacks == [(100, 1)]
+    assert len(sent) == 1
+    ack = Codec(key).decode(sent[0])
+    assert ack.applied == ((100, 1),)  # type: ignore[union-attr]
+
+
+def test_feed_refuses_old_datagrams() -> None:
+    c, _ = _client()
+    seq = Sequencer("snd", clock=lambda: 1000.0)
+    data = _wire(Codec(), snap(100, 1, A), seq)
+    assert c.feed(data, "192.0.2.1", 1000.0 + 3600, 0.0) is None
+    assert c.drops["stale"] == 1

@@ -1,0 +1,207 @@
+"""`vxrdctl`: talk to the local vxrd over its status socket.
+
+    vxrdctl [--socket PATH] [--json] status | devices | peers [VNI] | leave
+
+Tables for people, the API's JSON with --json. Any failure is one line on
+stderr and a non-zero exit (1: vxrd unreachable or failed; 2: usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from schema.validate import InvalidValue, parse_vni
+from vxrd.config import DEFAULT_STATUS_SOCKET
+
+
+class CtlError(Exception):
+    """One line explaining why vxrdctl failed."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("vxrd", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request(path: str, method: str, url: str, timeout: float = 30.0) -> Any:
+    conn = _UnixConnection(path, timeout)
+    try:
+        try:
+            conn.request(method, url)
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise CtlError(f"cannot reach vxrd at {path}: {reason} (is vxrd running?)") from None
+        except http.client.HTTPException as exc:
+            raise CtlError(f"bad answer from vxrd at {path}: {exc!r}") from None
+    finally:
+        conn.close()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise CtlError(f"vxrd answered {resp.status} with non-JSON data") from None
+    if resp.status >= 400:
+        msg = data.get("error") if isinstance(data, dict) else None
+        raise CtlError(f"vxrd refused: {msg or resp.reason} (HTTP {resp.status})")
+    return data
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def show_status(data: dict[str, Any]) -> str:
+    dev = data.get("devices", {})
+    head = (
+        f"node {data['node_id']}  up {_duration(data['uptime'])}  "
+        f"devices {dev.get('managed', 0)} managed of {dev.get('total', 0)}"
+        + ("  LEAVING" if data.get("leaving") else "")
+    )
+    rows = [
+        (
+            s["server"],
+            s.get("registry"),
+            _ago(s.get("seconds_since_contact")),
+            s.get("vnis", 0),
+            sum(s.get("dropped", {}).values()),
+        )
+        for s in data.get("servers", [])
+    ]
+    return head + "\n\n" + _table(("SERVER", "REGISTRY", "LAST CONTACT", "VNIS", "DROPPED"), rows)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d" if d else "") + (f"{h}h" if h or d else "") + f"{m}m{s}s"
+
+
+def show_devices(data: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            d["name"],
+            d["vni"],
+            d["local"],
+            d["port"],
+            "up" if d["up"] else "down",
+            d["entries"],
+            d["state"] if d["reason"] is None else f"{d['state']}: {d['reason']}",
+        )
+        for d in data
+    ]
+    return _table(("DEVICE", "VNI", "LOCAL", "PORT", "LINK", "FLOOD", "STATE"), rows)
+
+
+def show_peers(data: list[dict[str, Any]]) -> str:
+    rows = []
+    for v in data:
+        gens = ", ".join(f"{s}@{i['generation']}" for s, i in v["servers"].items()) or "-"
+        devices = ", ".join(d["name"] for d in v["devices"]) or "-"
+        flood = sorted({a for d in v["devices"] for a in d["flood"]})
+        members = v["members"]
+        rows.append(
+            (
+                v["vni"],
+                devices,
+                "(no answer)" if members is None else " ".join(members) or "(none)",
+                " ".join(flood) or "(none)",
+                gens,
+            )
+        )
+    return _table(("VNI", "DEVICES", "MEMBERS", "FLOOD LIST", "SERVER@GENERATION"), rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vxrdctl", description="Query and control the local vxrd.")
+    p.add_argument(
+        "--socket",
+        default=DEFAULT_STATUS_SOCKET,
+        help=f"vxrd status socket (default: {DEFAULT_STATUS_SOCKET})",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON (default: tables)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="node id, uptime, servers and last contact")
+    sub.add_parser("devices", help="VXLAN devices and what vxrd does with each")
+    peers = sub.add_parser("peers", help="members and flood list per VNI")
+    peers.add_argument("vni", nargs="?", help="only this VNI")
+    sub.add_parser("leave", help="withdraw from every server, flush the flood lists, stop vxrd")
+    return p
+
+
+def run(args: argparse.Namespace) -> str:
+    sock = args.socket
+    if args.command == "status":
+        data = request(sock, "GET", "/v1/status")
+        return json.dumps(data, indent=2) if args.json else show_status(data)
+    if args.command == "devices":
+        data = request(sock, "GET", "/v1/devices")
+        return json.dumps(data, indent=2) if args.json else show_devices(data)
+    if args.command == "peers":
+        url = "/v1/peers"
+        if args.vni is not None:
+            try:
+                url += f"?vni={parse_vni(args.vni)}"
+            except InvalidValue as exc:
+                raise CtlError(str(exc)) from None
+        data = request(sock, "GET", url)
+        return json.dumps(data, indent=2) if args.json else show_peers(data)
+    started = time.monotonic()
+    data = request(sock, "POST", "/v1/leave", timeout=60.0)
+    if args.json:
+        return json.dumps(data, indent=2)
+    return (
+        f"left: withdrew from {len(data['servers'])} server(s), flushed {data['flushed']} "
+        f"flood entries on {len(data['devices'])} device(s) in "
+        f"{time.monotonic() - started:.2f}s; vxrd is stopping"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = run(args)
+    except CtlError as exc:
+        print(f"vxrdctl: {exc}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
