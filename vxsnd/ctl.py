@@ -1,13 +1,365 @@
-"""vxsndctl: the REST client (not yet available)."""
+"""vxsndctl: command-line client of vxsnd's REST API.
+
+    vxsndctl vnis                      VNIs with generation and member counts
+    vxsndctl vni 100                   members of VNI 100
+    vxsndctl enrol 100 192.0.2.7 [--hold-time S] [--description TEXT]
+    vxsndctl remove 100 192.0.2.7
+    vxsndctl import static.txt         replace every static VTEP ('-' reads stdin)
+    vxsndctl nodes                     registered agents
+    vxsndctl node hv-12                one agent, per-VNI applied generation
+
+Tables for people, `--json` for scripts (the API's JSON, unchanged). Any
+failure exits non-zero with one line on stderr: 1 for a refusal by the API,
+2 for a usage or local file error, 3 when the API cannot be reached.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
 import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from yarl import URL
+
+from schema.rest import PayloadError, parse_static_file, static_vtep_json
+
+PROG: Final = "vxsndctl"
+DEFAULT_API: Final = "http://127.0.0.1:10080"
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
 
 
-def main() -> int:
-    print("vxsndctl: not yet available", file=sys.stderr)
-    return 1
+class CtlError(Exception):
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------- transport
+
+
+class Client:
+    def __init__(self, api: str, token: str | None, timeout: float) -> None:
+        self.api = URL(api.rstrip("/"))
+        self.token = token
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def request(
+        self, method: str, segments: Sequence[str], body: object | None = None
+    ) -> Any:
+        url = self.api
+        for segment in segments:
+            url = url / segment
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout) as session,
+                session.request(method, url, data=data, headers=headers) as response,
+            ):
+                raw = await response.read()
+                status = response.status
+        except aiohttp.ClientConnectorError as exc:
+            reason = _reason(exc)
+            raise CtlError(
+                f"cannot reach {self.api}: {reason} (is vxsnd running with --api?)",
+                EXIT_UNREACHABLE,
+            ) from None
+        except TimeoutError:
+            raise CtlError(
+                f"no answer from {self.api} within {self.timeout.total:g} s", EXIT_UNREACHABLE
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise CtlError(f"talking to {self.api}: {exc}", EXIT_UNREACHABLE) from None
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = None
+        if status >= 400:
+            if isinstance(payload, dict) and "error" in payload:
+                detail = payload.get("detail") or payload["error"]
+                raise CtlError(f"{status} {payload['error']}: {detail}")
+            raise CtlError(f"{status} from {url}: {raw[:200].decode(errors='replace')}")
+        if payload is None and raw:
+            raise CtlError(f"{url} did not answer with JSON (is {self.api} vxsnd's API?)")
+        return payload
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    err = exc.os_error
+    text = (err.strerror or str(err)) if err is not None else str(exc)
+    return text.lower() if text else "connection failed"
+
+
+# ------------------------------------------------------------------- output
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    return f"{duration(now - ts)} ago" if ts <= now else f"in {duration(ts - now)}"
+
+
+def until(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return f"in {duration(ts - now)}" if ts > now else "expired"
+
+
+def duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# ------------------------------------------------------------------ commands
+
+
+async def run(args: argparse.Namespace, client: Client) -> str:
+    now = time.time()
+    cmd = args.command
+    if cmd == "vnis":
+        data = await client.request("GET", ["v1", "vnis"])
+        if args.json:
+            return _json(data)
+        rows = [(v["vni"], v["generation"], v["members"], v["static"]) for v in data["vnis"]]
+        return table(["VNI", "GENERATION", "MEMBERS", "STATIC"], rows) if rows else "no VNIs"
+    if cmd == "vni":
+        data = await client.request("GET", ["v1", "vnis", args.vni])
+        if args.json:
+            return _json(data)
+        rows = [
+            (m["address"], m["origin"], m["node"], until(m["expires_at"], now), m["description"])
+            for m in data["members"]
+        ]
+        head = f"VNI {data['vni']}  generation {data['generation']}  members {len(rows)}"
+        if not rows:
+            return head
+        return head + "\n" + table(["ADDRESS", "ORIGIN", "NODE", "EXPIRES", "DESCRIPTION"], rows)
+    if cmd == "enrol":
+        body: dict[str, object] = {}
+        if args.hold_time is not None:
+            body["hold_time"] = args.hold_time
+        if args.description is not None:
+            body["description"] = args.description
+        data = await client.request("PUT", ["v1", "vnis", args.vni, "vteps", args.address], body)
+        if args.json:
+            return _json(data)
+        verb = "enrolled" if data["created"] else "updated"
+        member = data["member"]
+        return (
+            f"{verb} static VTEP {member['address']} in VNI {data['vni']} "
+            f"(generation {data['generation']}, expires {until(member['expires_at'], now)})"
+        )
+    if cmd == "remove":
+        data = await client.request("DELETE", ["v1", "vnis", args.vni, "vteps", args.address])
+        if args.json:
+            return _json(data)
+        return (
+            f"removed static VTEP {data['address']} from VNI {data['vni']} "
+            f"(generation {data['generation']})"
+        )
+    if cmd == "import":
+        vteps = read_import(args.file)
+        payload = {"vteps": [static_vtep_json(v) for v in vteps]}
+        data = await client.request("PUT", ["v1", "static"], payload)
+        if args.json:
+            return _json(data)
+        return (
+            f"static VTEPs replaced from {args.file}: {len(vteps)} listed, "
+            f"{data['added']} added, {data['removed']} removed, {data['kept']} kept"
+        )
+    if cmd == "nodes":
+        data = await client.request("GET", ["v1", "nodes"])
+        if args.json:
+            return _json(data)
+        rows = [
+            (
+                n["id"],
+                _hostport(n["address"], n["port"]),
+                n["vnis"],
+                ago(n["last_seen"], now),
+                until(n["expires_at"], now),
+            )
+            for n in data["nodes"]
+        ]
+        if not rows:
+            return "no agents registered"
+        return table(["NODE", "ADDRESS", "VNIS", "LAST SEEN", "EXPIRES"], rows)
+    if cmd == "node":
+        data = await client.request("GET", ["v1", "nodes", args.node])
+        if args.json:
+            return _json(data)
+        lines = [
+            f"node         {data['id']}",
+            f"address      {_hostport(data['address'], data['port'])}",
+            f"incarnation  {data['incarnation']:#x}",
+            f"hold time    {data['hold_time']:g} s",
+            f"last seen    {ago(data['last_seen'], now)}",
+            f"expires      {until(data['expires_at'], now)}",
+        ]
+        rows = [
+            (
+                v["vni"],
+                v["local_address"],
+                v["applied_generation"],
+                v["generation"],
+                _sync(v["applied_generation"], v["generation"]),
+            )
+            for v in data["vnis"]
+        ]
+        if rows:
+            lines += ["", table(["VNI", "LOCAL ADDRESS", "APPLIED", "CURRENT", "STATE"], rows)]
+        return "\n".join(lines)
+    raise CtlError(f"unknown command {cmd!r}", EXIT_USAGE)  # pragma: no cover
+
+
+def _sync(applied: int, current: int | None) -> str:
+    if current is None:
+        return "-"
+    return "in sync" if applied >= current else f"behind by {current - applied}"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def read_import(name: str) -> tuple[Any, ...]:
+    try:
+        if name == "-":
+            text, source = sys.stdin.read(), "<stdin>"
+        else:
+            text, source = Path(name).read_text(encoding="utf-8"), name
+    except OSError as exc:
+        raise CtlError(f"cannot read {name}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except UnicodeDecodeError:
+        raise CtlError(f"{name}: not UTF-8 text", EXIT_USAGE) from None
+    try:
+        return parse_static_file(text, source)
+    except PayloadError as exc:
+        raise CtlError(f"{exc.detail} (nothing was changed)", EXIT_USAGE) from None
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """--token, else --token-file (first field of the first non-comment line), else $VXSND_TOKEN."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            text = Path(args.token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CtlError(
+                f"cannot read token file {args.token_file}: {exc.strerror or exc}", EXIT_USAGE
+            ) from None
+        for line in text.splitlines():
+            fields = line.split("#", 1)[0].split()
+            if fields:
+                return fields[0]
+        raise CtlError(f"token file {args.token_file} holds no token", EXIT_USAGE)
+    return os.environ.get("VXSND_TOKEN") or None
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Query and change the vxflood registry through vxsnd's REST API.",
+        epilog="Exit status: 0 ok, 1 refused by the API, 2 usage or local file error, "
+        "3 API unreachable.",
+    )
+    p.add_argument(
+        "--api",
+        metavar="URL",
+        default=os.environ.get("VXSND_API", DEFAULT_API),
+        help=f"vxsnd's REST API (default: $VXSND_API or {DEFAULT_API})",
+    )
+    p.add_argument("--token", metavar="TOKEN", help="bearer token (default: $VXSND_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file whose first field holds the bearer token (e.g. a line of vxsnd's token file)",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="request timeout (default: 10)"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("vnis", help="list VNIs")
+    s = sub.add_parser("vni", help="show one VNI's members")
+    s.add_argument("vni")
+    s = sub.add_parser("enrol", help="enrol (or update) a static VTEP")
+    s.add_argument("vni")
+    s.add_argument("address")
+    s.add_argument(
+        "--hold-time", type=int, metavar="S", help="expire after S seconds (default: never)"
+    )
+    s.add_argument("--description", metavar="TEXT", help="free text shown in listings")
+    s = sub.add_parser("remove", help="remove a static VTEP")
+    s.add_argument("vni")
+    s.add_argument("address")
+    s = sub.add_parser(
+        "import",
+        help="replace all static VTEPs with FILE (lines 'VNI ADDRESS [description]')",
+    )
+    s.add_argument("file", help="file to read, '-' for stdin")
+    sub.add_parser("nodes", help="list registered agents")
+    s = sub.add_parser("node", help="show one agent")
+    s.add_argument("node")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = Client(args.api, resolve_token(args), args.timeout)
+        output = asyncio.run(run(args, client))
+    except CtlError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    print(output)
+    return 0
 
 
 if __name__ == "__main__":

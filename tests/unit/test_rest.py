@@ -1,0 +1,127 @@
+"""REST payload parsing agrees with the published JSON Schemas."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from schema import rest
+from schema.rest import PayloadError
+
+
+def test_enrol_defaults_and_values() -> None:
+    assert rest.parse_enrol(None) == rest.EnrolRequest()
+    assert rest.parse_enrol({}) == rest.EnrolRequest()
+    assert rest.parse_enrol({"hold_time": 30, "description": "tor-1"}) == rest.EnrolRequest(
+        30, "tor-1"
+    )
+    assert rest.parse_enrol({"hold_time": None, "description": None}) == rest.EnrolRequest()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "x",
+        {"hold_time": 0},
+        {"hold_time": -1},
+        {"hold_time": 1.5},
+        {"hold_time": True},
+        {"hold_time": "10"},
+        {"hold_time": 2**31},
+        {"description": 5},
+        {"description": "x" * 201},
+        {"description": "bell\x07"},
+        {"colour": "red"},
+    ],
+)
+def test_enrol_refused(body: object) -> None:
+    with pytest.raises(PayloadError):
+        rest.parse_enrol(body)
+
+
+@pytest.mark.parametrize("text", ["0", "16777216", "abc", "-1", "1e3", " 5", "٣"])
+def test_vni_from_path_refused(text: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        rest.vni_from_path(text)
+    assert info.value.error == "invalid-vni"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "224.0.0.1",
+        "127.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "ff02::1",
+        "garbage",
+        "",
+        " 10.0.0.1",
+        "10.0.0.1/24",
+        "fe80::1%eth0",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_address_refused(text: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        rest.address_from_text(text)
+    assert info.value.error == "invalid-address"
+
+
+def test_address_canonical() -> None:
+    assert rest.address_from_text("2001:DB8:0::7") == ipaddress.ip_address("2001:db8::7")
+
+
+def test_replace_all() -> None:
+    vteps = rest.parse_replace_all(
+        {
+            "vteps": [
+                {"vni": 10, "address": "192.0.2.1"},
+                {"vni": 10, "address": "192.0.2.2", "hold_time": 60, "description": "d"},
+            ]
+        }
+    )
+    assert [str(v.address) for v in vteps] == ["192.0.2.1", "192.0.2.2"]
+    assert vteps[1].hold_time == 60
+    with pytest.raises(PayloadError, match=r"vteps\[1\]: VNI 10 address 192.0.2.1 is listed twice"):
+        rest.parse_replace_all(
+            {"vteps": [{"vni": 10, "address": "192.0.2.1"}, {"vni": 10, "address": "192.0.2.1"}]}
+        )
+    for bad in (
+        {},
+        {"vteps": {}},
+        {"vteps": [{"vni": 10}]},
+        {"vteps": [], "x": 1},
+        {"vteps": [{"vni": "10", "address": "192.0.2.1"}]},
+    ):
+        with pytest.raises(PayloadError):
+            rest.parse_replace_all(bad)
+
+
+def test_static_file() -> None:
+    text = "# static\n100 192.0.2.1 rack 4 tor\n\n100 2001:db8::1\n200 192.0.2.1  # x\n"
+    vteps = rest.parse_static_file(text, "f")
+    assert [(v.vni, str(v.address), v.description) for v in vteps] == [
+        (100, "192.0.2.1", "rack 4 tor"),
+        (100, "2001:db8::1", None),
+        (200, "192.0.2.1", None),
+    ]
+    with pytest.raises(PayloadError, match=r"f:2: 224\.0\.0\.1 is a multicast"):
+        rest.parse_static_file("100 192.0.2.1\n100 224.0.0.1\n", "f")
+    with pytest.raises(PayloadError, match="f:1: VNI must be a decimal"):
+        rest.parse_static_file("x 192.0.2.1\n", "f")
+    with pytest.raises(PayloadError, match="f:1: VNI 0 out of range"):
+        rest.parse_static_file("0 192.0.2.1\n", "f")
+    with pytest.raises(PayloadError, match="f:1: expected"):
+        rest.parse_static_file("100\n", "f")
+    with pytest.raises(PayloadError, match=r"f:2: VNI 100 address 192\.0\.2\.1 is listed twice"):
+        rest.parse_static_file("100 192.0.2.1\n100 192.0.2.1\n", "f")
+
+
+def test_static_vtep_json_round_trip() -> None:
+    vtep = rest.StaticVtep(7, ipaddress.ip_address("192.0.2.9"), 30, "x")
+    assert rest.parse_static_vtep(rest.static_vtep_json(vtep), "v") == vtep
