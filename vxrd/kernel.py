@@ -177,9 +177,10 @@ class ApplyError(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """Counts are requests the kernel acknowledged, not entries that changed:
-    appending a present dst and deleting an absent one both succeed silently.
-    Read back with `Kernel.flood_entries()` when the truth matters."""
+    """Counts are requests that succeeded, not entries that changed: appending a
+    present dst and deleting an absent one both succeed silently (a delete on a
+    device with no flood entry at all, ENOENT, counts as done too). Read back
+    with `Kernel.flood_entries()` when the truth matters."""
 
     added: int = 0
     removed: int = 0
@@ -717,6 +718,8 @@ class Kernel:
                 codes, texts = await self._collect_acks(ch, base, len(window))
                 for k, code in enumerate(codes):
                     op, ifindex, addr = window[k]
+                    if code == errno.ENOENT and op == RTM_DELNEIGH:
+                        code = 0  # no flood entry at all on the device: already absent
                     if code == 0:
                         if op == RTM_NEWNEIGH:
                             added += 1
