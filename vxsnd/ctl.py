@@ -156,7 +156,9 @@ async def run(args: argparse.Namespace, client: Client) -> str:
         data = await client.request("GET", ["v1", "vnis"])
         if args.json:
             return _json(data)
-        rows = [(v["vni"], v["generation"], v["members"], v["static"]) for v in data["vnis"]]
+        rows: list[tuple[object, ...]] = [
+            (v["vni"], v["generation"], v["members"], v["static"]) for v in data["vnis"]
+        ]
         return table(["VNI", "GENERATION", "MEMBERS", "STATIC"], rows) if rows else "no VNIs"
     if cmd == "vni":
         data = await client.request("GET", ["v1", "vnis", args.vni])
