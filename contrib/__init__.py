@@ -1,0 +1,1 @@
+"""Contributed tooling: the namespace lab, example configs, units."""
