@@ -86,6 +86,7 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 NDA_DST = 1
 NDA_LLADDR = 2
+NDA_CACHEINFO = 3
 NDA_PORT = 6
 NDA_VNI = 7
 NDA_IFINDEX = 8
@@ -127,7 +128,6 @@ _ACK = struct.Struct("=IHHI4xi")  # len, type, flags, seq, (pid), error
 # NDA_DST, then the header of NDA_CACHEINFO (its 16-byte body ends the message).
 _FLOOD4 = struct.Struct("=6x10xB3xi2xBxHH6s2xHH4s2xH16x")
 _FLOOD6 = struct.Struct("=6x10xB3xi2xBxHH6s2xHH16s2xH16x")
-NDA_CACHEINFO = 3
 _FLOOD_SHAPE = (AF_BRIDGE, 10, NDA_LLADDR, NDA_DST, NDA_CACHEINFO)
 
 WINDOW = 256  # requests in flight per send; their ACKs fit the receive buffer
