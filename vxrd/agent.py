@@ -106,6 +106,7 @@ class Agent:
         self._lock = asyncio.Lock()  # reconcile vs. leave
         self._logged: dict[int, str] = {}
         self._leaving = False
+        self._background: set[asyncio.Task[None]] = set()
         self.last_reconcile: float | None = None
         self.stop = asyncio.Event()
         self.left: dict[str, Any] | None = None
@@ -261,7 +262,11 @@ class Agent:
         for vni, gen in out.acks:
             acks[vni] = max(gen, acks.get(vni, 0))
         if out.reset:  # a new registry: report at once so it answers for every VNI
-            asyncio.get_running_loop().create_task(client.send_register(self.serving, self._hold))
+            task = asyncio.get_running_loop().create_task(
+                client.send_register(self.serving, self._hold)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self.kick(0.0)
 
     @property
