@@ -344,7 +344,7 @@ _NODE_COMMON: Final[Json] = {
     "last_seen": _TIME,
     "expires_at": _TIME,
 }
-NODE_SUMMARY_SCHEMA: Final = _obj({**_NODE_COMMON, "vnis": {"type": "integer", "minimum": 0}})
+NODE_SUMMARY_SCHEMA: Final = _obj(_NODE_COMMON)
 NODE_LIST_SCHEMA: Final = _obj({"nodes": {"type": "array", "items": NODE_SUMMARY_SCHEMA}})
 NODE_DETAIL_SCHEMA: Final = _obj(
     {**_NODE_COMMON, "vnis": {"type": "array", "items": NODE_VNI_SCHEMA}}

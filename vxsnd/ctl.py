@@ -213,7 +213,7 @@ async def run(args: argparse.Namespace, client: Client) -> str:
             (
                 n["id"],
                 _hostport(n["address"], n["port"]),
-                n["vnis"],
+                f"{n['hold_time']:g}s",
                 ago(n["last_seen"], now),
                 until(n["expires_at"], now),
             )
@@ -221,7 +221,7 @@ async def run(args: argparse.Namespace, client: Client) -> str:
         ]
         if not rows:
             return "no agents registered"
-        return table(["NODE", "ADDRESS", "VNIS", "LAST SEEN", "EXPIRES"], rows)
+        return table(["NODE", "ADDRESS", "HOLD", "LAST SEEN", "EXPIRES"], rows)
     if cmd == "node":
         data = await client.request("GET", ["v1", "nodes", args.node])
         if args.json:
