@@ -268,8 +268,9 @@ def _parallel_batches(jobs: Sequence[tuple[str, Sequence[str]]], *, force: bool 
 class Node:
     """A namespace of the lab that commands can be run in."""
 
-    def __init__(self, name: str, underlay: str) -> None:
+    def __init__(self, name: str, index: int, underlay: str) -> None:
         self.name = name  # netns name
+        self.index = index  # last byte of the underlay address and MAC (service: 254)
         self.underlay = underlay  # underlay address (no prefix length)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
@@ -318,8 +319,7 @@ class Host(Node):
     """One hypervisor: namespace ``<prefix>-h<index>``."""
 
     def __init__(self, name: str, index: int, underlay: str) -> None:
-        super().__init__(name, underlay)
-        self.index = index
+        super().__init__(name, index, underlay)
         self._vnis: set[int] = set()
 
     @property
@@ -337,10 +337,6 @@ class Host(Node):
     @staticmethod
     def bridge_dev(vni: int) -> str:
         return f"br{vni}"
-
-
-def _index_of(node: Node) -> int:
-    return node.index if isinstance(node, Host) else SERVICE_INDEX
 
 
 class Lab:
@@ -364,7 +360,7 @@ class Lab:
         self.static_neighbours = static_neighbours
         self.vnis: tuple[int, ...] = tuple(vnis)
         self.hosts: list[Host] = []
-        self.service = Node(f"{prefix}-ul", self._underlay_addr(SERVICE_INDEX))
+        self.service = Node(f"{prefix}-ul", SERVICE_INDEX, self._underlay_addr(SERVICE_INDEX))
         self._initial_hosts = hosts
         self._next_index = 1
         self._known_vnis: set[int] = set(vnis)
@@ -493,7 +489,7 @@ class Lab:
         if verb == "del":
             return [f"neigh del {n.underlay} dev {dev}" for n in nodes]
         return [
-            f"neigh {verb} {n.underlay} lladdr {underlay_mac(_index_of(n))} dev {dev} nud permanent"
+            f"neigh {verb} {n.underlay} lladdr {underlay_mac(n.index)} dev {dev} nud permanent"
             for n in nodes
         ]
 
