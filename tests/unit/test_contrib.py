@@ -253,3 +253,19 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         for panel in value
     ]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+# ---------------------------------------------------------------- README
+
+
+@pytest.mark.parametrize("daemon", sorted(DAEMONS))
+def test_readme_option_table_names_every_option(daemon: str) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme.split(f"\n**{daemon}**\n", 1)[1].lstrip("\n")
+    table = after.split("\n\n", 1)[0]  # the table: up to the first blank line
+    listed = set(re.findall(r"^\| `([a-z_]+)`", table, re.M))
+    fields = {f.name for f in dataclasses.fields(DAEMONS[daemon].Config)}
+    assert listed == fields, (
+        f"README's {daemon} table: missing {sorted(fields - listed)}, "
+        f"unknown {sorted(listed - fields)}"
+    )
