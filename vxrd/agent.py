@@ -96,7 +96,14 @@ class Agent:
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
         self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
         self.clients = [
-            ServerClient(s, config.node_id, self.codec, self._on_change, on_drop=self._count_drop)
+            ServerClient(
+                s,
+                config.node_id,
+                self.codec,
+                self._on_change,
+                on_drop=self._count_drop,
+                wants=self._wants,
+            )
             for s in config.servers
         ]
         self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
@@ -106,6 +113,7 @@ class Agent:
         self._lock = asyncio.Lock()  # reconcile vs. leave
         self._logged: dict[int, str] = {}
         self._leaving = False
+        self._registered = False  # the first register goes out even with no device
         self._background: set[asyncio.Task[None]] = set()
         self.last_reconcile: float | None = None
         self.stop = asyncio.Event()
@@ -143,6 +151,9 @@ class Agent:
         for c in self.clients:
             await c.close()
         await self.kernel.close()
+
+    def _wants(self, vni: int) -> bool:
+        return any(v.eligible and v.dev.vni == vni for v in self.devices.values())
 
     def _count_drop(self, reason: str) -> None:
         self.metrics.drops.labels(reason).inc()
@@ -219,7 +230,8 @@ class Agent:
         self.metrics.managed_devices.set(
             sum(1 for v in self.devices.values() if v.status == MANAGED)
         )
-        if serve != self.serving and not self._leaving:
+        if (serve != self.serving or not self._registered) and not self._leaving:
+            self._registered = True
             self.serving = serve
             await self.register_all()
         self.kick(0.0)

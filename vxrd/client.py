@@ -207,6 +207,7 @@ class ServerClient:
         incarnation: int | None = None,
         budget: int = DEFAULT_BUDGET,
         on_drop: Callable[[str], None] | None = None,
+        wants: Callable[[int], bool] | None = None,
     ) -> None:
         self.server = server
         self.codec = codec
@@ -216,6 +217,7 @@ class ServerClient:
         self.on_change = on_change
         self.budget = budget
         self.on_drop = on_drop
+        self.wants = wants  # VNIs this node has a device for; others are "not-for-us"
         self.queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue(QUEUE_SIZE)
         self.drops: Counter[str] = Counter()
         self.last_contact: float | None = None  # wall-clock time of the last valid datagram
@@ -321,6 +323,9 @@ class ServerClient:
             self.count_drop(reason)
             return None
         self.last_contact = now_wall
+        if self.wants is not None and not self.wants(msg.vni):
+            self.count_drop("not-for-us")
+            return None
         out = self.state.handle(msg, now_mono)
         self.send_ack(out.reacks)
         return out

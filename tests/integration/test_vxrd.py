@@ -466,6 +466,8 @@ async def test_ignores_multicast_and_unaddressed_devices(ns: str, tmp_path: Path
         assert "multicast group 239.1.1.1" in states["vx300"][1]
         assert "no local address" in states["vx400"][1]
         assert "excluded" in states["skip500"][1]
+        _, out, _ = await ctl(tmp_path / "vxrd.sock", "--json", "status")
+        assert json.loads(out)["servers"][0]["dropped"] == {"not-for-us": 1}
 
 
 async def test_local_option_manages_unaddressed_devices(ns: str, tmp_path: Path) -> None:
