@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
 
 # Constraint names are deterministic so that migrations can address them on
@@ -90,7 +91,7 @@ members = Table(
     Column("address", String(ADDRESS_MAX), primary_key=True),
     Column("origin", String(16), nullable=False),
     Column("node_id", String(NODE_ID_MAX), ForeignKey("nodes.node_id"), nullable=True),
-    Column("expires_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),  # NULL: never, or with its node
     Column("description", String(DESCRIPTION_MAX), nullable=True),
     Column("created_at", Float, nullable=False),
     CheckConstraint(
@@ -104,7 +105,14 @@ members = Table(
         name="owner",
     ),
     Index(None, "node_id"),
-    Index(None, "expires_at"),
+    # Only static entries enrolled with a hold time expire on their own
+    # (registered members expire with their node), so the index stays small.
+    Index(
+        None,
+        "expires_at",
+        sqlite_where=text("expires_at IS NOT NULL"),
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
 )
 
 # Short per-VNI change log from which deltas are built. A generation's rows are

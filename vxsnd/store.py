@@ -58,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.expression import UpdateBase
 
 from migrations import alembic_config
 from schema import tables as t
@@ -556,18 +557,13 @@ _REFRESH_NODE = (
     .where(_n.c.node_id == bindparam("b_node"))
     .values(last_seen=bindparam("b_now"), expires_at=bindparam("b_exp"))
 )
-_REFRESH_MEMBERS = (
-    update(_m)
-    .where(and_(_m.c.node_id == bindparam("b_node"), _m.c.origin == t.ORIGIN_REGISTERED))
-    .values(expires_at=bindparam("b_exp"))
-)
 _TAKE_OVER = (
     update(_m)
     .where(and_(_m.c.vni == bindparam("b_vni"), _m.c.address == bindparam("b_addr")))
     .values(
         origin=t.ORIGIN_REGISTERED,
         node_id=bindparam("b_node"),
-        expires_at=bindparam("b_exp"),
+        expires_at=None,
         description=None,
     )
 )
@@ -621,12 +617,21 @@ _BUMP = (
     .where(_v.c.vni == bindparam("b_vni"))
     .values(generation=bindparam("b_gen"), updated_at=bindparam("b_now"))
 )
+_INSERT_MEMBER = insert(_m)
+_INSERT_NODE = insert(_n)
+_INSERT_CLAIM = insert(_nv)
+_INSERT_CHANGE = insert(_c)
+_INSERT_VNI = insert(_v)
 _TRIM = delete(_c).where(
     and_(_c.c.vni == bindparam("b_vni"), _c.c.generation <= bindparam("b_cut"))
 )
 
 
 # --------------------------------------------------------------------------- one batch
+
+
+_Compiled = tuple[str, tuple[str, ...], dict[str, Any]]  # SQL, parameter order, literals
+_COMPILED: dict[tuple[UpdateBase, str, tuple[str, ...]], _Compiled] = {}
 
 
 class _Apply:
@@ -644,9 +649,32 @@ class _Apply:
         self.unknown: set[str] = set()
         self.missing_static: set[Key] = set()
 
-    async def many(self, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            await self.conn.execute(stmt, list(rows))
+    async def many(self, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+        """executemany of a Core statement, handed straight to the DB-API driver.
+
+        SQLAlchemy's per-row parameter processing costs more than the database
+        work for the bulk writes of a batch (tens of thousands of rows), so the
+        statement is compiled once per dialect and key set, and the rows go to
+        the driver as tuples. Safe here because none of the registry's column
+        types (Integer, BigInteger, Float, String) has a bind processor.
+        """
+        if not rows:
+            return
+        keys = tuple(rows[0])
+        cache_key = (stmt, self.conn.dialect.name, keys)
+        compiled = _COMPILED.get(cache_key)
+        if compiled is None:
+            c = stmt.compile(dialect=self.conn.dialect, column_keys=list(keys))
+            literals = dict(c.construct_params(params=dict(rows[0])))
+            order = tuple(c.positiontup or ())
+            compiled = (c.string, order, literals)
+            _COMPILED[cache_key] = compiled
+        sql, order, literals = compiled
+        if keys == order:
+            params: list[tuple[Any, ...]] = [tuple(row.values()) for row in rows]
+        else:
+            params = [tuple(row[k] if k in row else literals[k] for k in order) for row in rows]
+        await self.conn.exec_driver_sql(sql, params)
 
     async def ensure_vnis(self, vnis: Iterable[int]) -> None:
         wanted = set(vnis) - self.known_vnis
@@ -657,14 +685,27 @@ class _Apply:
             self.known_vnis.update(r.vni for r in rows)
         missing = wanted - self.known_vnis
         await self.many(
-            insert(_v), [{"vni": v, "generation": 0, "updated_at": self.now} for v in missing]
+            _INSERT_VNI, [{"vni": v, "generation": 0, "updated_at": self.now} for v in missing]
         )
         self.known_vnis |= missing
 
     async def members_at(self, keys: Iterable[Key]) -> dict[Key, tuple[str, str | None]]:
         """(origin, node_id) of the members present at `keys`."""
         found: dict[Key, tuple[str, str | None]] = {}
-        for chunk in _chunks(sorted(set(keys))):
+        keys = set(keys)
+        if len(keys) > _CHUNK:  # many keys: one scan of their VNIs beats huge IN lists
+            vnis = sorted({v for v, _ in keys})
+            for chunk_v in _chunks(vnis):
+                rows = await self.conn.execute(
+                    select(_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id).where(
+                        _m.c.vni.in_(chunk_v)
+                    )
+                )
+                for r in rows:
+                    if (r.vni, r.address) in keys:
+                        found[(r.vni, r.address)] = (r.origin, r.node_id)
+            return found
+        for chunk in _chunks(sorted(keys)):
             rows = await self.conn.execute(
                 select(_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id).where(
                     tuple_(_m.c.vni, _m.c.address).in_(chunk)
@@ -701,10 +742,10 @@ class _Apply:
         """Members at `keys` lose their owner: hand over to a live claimant or delete."""
         if not keys:
             return
-        heir: dict[Key, tuple[str, float]] = {}
+        heir: dict[Key, str] = {}
         for chunk in _chunks(sorted(keys)):
             rows = await self.conn.execute(
-                select(_nv.c.vni, _nv.c.local_address, _n.c.node_id, _n.c.expires_at)
+                select(_nv.c.vni, _nv.c.local_address, _n.c.node_id)
                 .join(_n, _n.c.node_id == _nv.c.node_id)
                 .where(
                     tuple_(_nv.c.vni, _nv.c.local_address).in_(chunk),
@@ -713,13 +754,10 @@ class _Apply:
                 .order_by(_n.c.last_seen, _n.c.node_id)
             )
             for r in rows:  # the most recently seen claimant wins
-                heir[(r.vni, r.local_address)] = (r.node_id, r.expires_at)
+                heir[(r.vni, r.local_address)] = r.node_id
         await self.many(
             _TAKE_OVER,
-            [
-                {"b_vni": v, "b_addr": a, "b_node": node, "b_exp": exp}
-                for (v, a), (node, exp) in heir.items()
-            ],
+            [{"b_vni": v, "b_addr": a, "b_node": node} for (v, a), node in sorted(heir.items())],
         )
         gone = sorted(keys - heir.keys())
         await self.many(_DELETE_MEMBER, [{"b_vni": v, "b_addr": a} for v, a in gone])
@@ -770,7 +808,7 @@ class _Apply:
                         "created_at": self.now,
                     }
                 )
-        await self.many(insert(_m), new)
+        await self.many(_INSERT_MEMBER, new)
         await self.many(_MAKE_STATIC, old)
 
     # ---- nodes
@@ -833,7 +871,7 @@ class _Apply:
                     "b_reg": registered_at,
                 }
             )
-        await self.many(insert(_n), node_rows)
+        await self.many(_INSERT_NODE, node_rows)
         await self.many(_UPDATE_NODE, update_rows)
 
         # claims
@@ -871,7 +909,7 @@ class _Apply:
                 if (old_addr, old_applied) != (addr, applied):
                     change.append({"b_node": nid, "b_vni": vni, "b_addr": addr, "b_gen": applied})
         await self.many(_DELETE_CLAIM, drop)
-        await self.many(insert(_nv), add)
+        await self.many(_INSERT_CLAIM, add)
         await self.many(_UPDATE_CLAIM, change)
 
         # members: release what is no longer claimed, then acquire what is new
@@ -886,15 +924,11 @@ class _Apply:
                 wanted[key] = nid  # last registration in the batch wins
         lost -= wanted.keys()  # taken over by another node of this batch
         await self.release(lost)
-        await self.many(
-            _REFRESH_MEMBERS, [{"b_node": nid, "b_exp": now + regs[nid].hold_time} for nid in ids]
-        )
         if not wanted:
             return
         present = await self.members_at(wanted)
         new, takeover = [], []
         for (vni, addr), nid in sorted(wanted.items()):
-            exp = now + regs[nid].hold_time
             origin, _owner = present.get((vni, addr), (None, None))
             if origin is None:
                 self.net.add(vni, addr)
@@ -904,15 +938,15 @@ class _Apply:
                         "address": addr,
                         "origin": t.ORIGIN_REGISTERED,
                         "node_id": nid,
-                        "expires_at": exp,
+                        "expires_at": None,  # registered members expire with their node
                         "description": None,
                         "created_at": now,
                     }
                 )
             elif origin == t.ORIGIN_REGISTERED:
-                takeover.append({"b_vni": vni, "b_addr": addr, "b_node": nid, "b_exp": exp})
+                takeover.append({"b_vni": vni, "b_addr": addr, "b_node": nid})
             # a static entry is never overwritten by a registration
-        await self.many(insert(_m), new)
+        await self.many(_INSERT_MEMBER, new)
         await self.many(_TAKE_OVER, takeover)
 
     async def refresh(self, refreshes: Sequence[Refresh]) -> None:
@@ -926,7 +960,6 @@ class _Apply:
             else:
                 self.unknown.add(r.node_id)
         await self.many(_REFRESH_NODE, rows)
-        await self.many(_REFRESH_MEMBERS, rows)
 
     async def acks(self, acks: Mapping[tuple[str, int], int]) -> None:
         if not acks:
@@ -945,7 +978,7 @@ class _Apply:
     async def sweep(self) -> None:
         rows = await self.conn.execute(select(_n.c.node_id).where(_n.c.expires_at <= self.now))
         self.expired = await self.remove_nodes({r.node_id for r in rows})
-        rows = await self.conn.execute(
+        rows = await self.conn.execute(  # static entries enrolled with a hold time
             select(_m.c.vni, _m.c.address).where(
                 _m.c.expires_at.is_not(None), _m.c.expires_at <= self.now
             )
@@ -982,7 +1015,7 @@ class _Apply:
             _BUMP,
             [{"b_vni": v, "b_gen": c.generation, "b_now": self.now} for v, c in result.items()],
         )
-        await self.many(insert(_c), log)
+        await self.many(_INSERT_CHANGE, log)
         await self.many(
             _TRIM,
             [

@@ -68,7 +68,13 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["vni"], ["vnis.vni"], name=op.f("fk_members_vni_vnis")),
         sa.PrimaryKeyConstraint("vni", "address", name=op.f("pk_members")),
     )
-    op.create_index(op.f("ix_members_expires_at"), "members", ["expires_at"])
+    op.create_index(
+        op.f("ix_members_expires_at"),
+        "members",
+        ["expires_at"],
+        sqlite_where=sa.text("expires_at IS NOT NULL"),
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+    )
     op.create_index(op.f("ix_members_node_id"), "members", ["node_id"])
     op.create_table(
         "changes",
