@@ -528,6 +528,11 @@ def _chunks(items: Iterable[_T], size: int = _CHUNK) -> Iterator[list[_T]]:
         yield chunk
 
 
+def _address_order(address: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, ip.packed
+
+
 class _Net:
     """Net membership change per VNI within one batch (add then del cancels)."""
 
@@ -1148,12 +1153,24 @@ class Store:
             return found
 
     async def members(self, vni: int) -> tuple[int, list[Member]]:
-        """(generation, members sorted by address); (0, []) for an unknown VNI."""
+        """(generation, members in address order); (0, []) for an unknown VNI.
+
+        A registered member's `expires_at` is its node's.
+        """
         query = (
-            select(_v.c.generation, _m)
-            .select_from(_v.outerjoin(_m, _m.c.vni == _v.c.vni))
+            select(
+                _v.c.generation,
+                _m.c.address,
+                _m.c.origin,
+                _m.c.node_id,
+                func.coalesce(_m.c.expires_at, _n.c.expires_at).label("expires_at"),
+                _m.c.description,
+                _m.c.created_at,
+            )
+            .select_from(
+                _v.outerjoin(_m, _m.c.vni == _v.c.vni).outerjoin(_n, _n.c.node_id == _m.c.node_id)
+            )
             .where(_v.c.vni == vni)
-            .order_by(_m.c.address)
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -1172,6 +1189,7 @@ class Store:
             for r in rows
             if r.address is not None
         ]
+        members.sort(key=lambda m: _address_order(m.address))
         return rows[0].generation, members
 
     async def member_addresses(self, vni: int) -> tuple[int, frozenset[str]]:
