@@ -1,0 +1,261 @@
+"""A small protocol client that behaves like vxrd towards one vxsnd (no kernel).
+
+Registers a VNI list, assembles membership snapshots and deltas as
+docs/protocol.md describes, acks them and keeps the member set per VNI. An
+optional lossy shim drops a fraction of datagrams in both directions with a
+seeded RNG. Used by the integration tests and the benchmark.
+
+`fast=True` swaps `Codec.decode` for a light decoder of membership datagrams
+(header, msgpack, fields; each distinct packed address validated once and
+memoised): a benchmark with thousands of simulated agents in one Python
+process would otherwise measure address validation in the simulator rather
+than the service node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+import msgpack
+
+from schema.keys import Keyring
+from schema.validate import Address, vtep_from_packed
+from schema.wire import (
+    HEADER,
+    Ack,
+    Codec,
+    Envelope,
+    Membership,
+    Register,
+    Rejected,
+    Sequencer,
+    VniEntry,
+    split_register,
+)
+
+Addr = tuple[str, int]
+_ADDR_CACHE: dict[bytes, Address] = {}
+
+
+def fast_decode(data: bytes) -> Membership | None:
+    """Unsigned membership datagrams only; None for anything else."""
+    if len(data) < HEADER.size or data[:2] != b"VF" or data[3] != Membership.TYPE or data[4]:
+        return None
+    b = msgpack.unpackb(data[HEADER.size :], raw=False)
+
+    def addrs(items: list[bytes]) -> tuple[Address, ...]:
+        out = []
+        for raw in items:
+            a = _ADDR_CACHE.get(raw)
+            if a is None:
+                a = _ADDR_CACHE[raw] = vtep_from_packed(raw)
+            out.append(a)
+        return tuple(out)
+
+    env = Envelope(b["s"], b["i"], b["q"], b["t"])
+    return Membership(
+        env, b["r"], b["x"], b["g"], b.get("b"), addrs(b["a"]), addrs(b["d"]), b["p"], b["n"]
+    )
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    received: int = 0
+    dropped_out: int = 0
+    dropped_in: int = 0
+    rejected: int = 0
+    acks: int = 0
+
+
+@dataclass
+class _Parts:
+    parts: int
+    got: dict[int, Membership] = field(default_factory=dict)
+
+
+class Agent(asyncio.DatagramProtocol):
+    """One simulated agent; create with `await Agent.create(...)`."""
+
+    def __init__(
+        self,
+        node_id: str,
+        server: Addr,
+        *,
+        keyring: Keyring | None = None,
+        loss: float = 0.0,
+        seed: int = 0,
+        hold_time: int = 90,
+        fast: bool = False,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.server = server
+        self.codec = Codec(keyring)
+        self.seq = Sequencer(node_id)
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.hold_time = hold_time
+        self.fast = fast
+        self.on_change = on_change
+        self.vnis: dict[int, Address] = {}
+        self.registry = ""
+        self.members: dict[int, set[Address]] = {}
+        self.applied: dict[int, int] = {}
+        self.round = 0
+        self.stats = Stats()
+        self.changed = asyncio.Event()
+        self.transport: asyncio.DatagramTransport | None = None
+        self._parts: dict[tuple[int, int, int | None], _Parts] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(cls, node_id: str, server: Addr, **kw: object) -> Agent:
+        loop = asyncio.get_running_loop()
+        agent = cls(node_id, server, **kw)  # type: ignore[arg-type]
+        await loop.create_datagram_endpoint(lambda: agent, local_addr=("127.0.0.1", 0))
+        return agent
+
+    # ------------------------------------------------------------ sending
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (3.11's selector transport does not subclass DatagramTransport)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def send(self, data: bytes) -> None:
+        if self.loss and self.rng.random() < self.loss:
+            self.stats.dropped_out += 1
+            return
+        assert self.transport is not None
+        self.transport.sendto(data, self.server)
+        self.stats.sent += 1
+
+    def register(self, vnis: Mapping[int, Address] | None = None, hold: int | None = None) -> None:
+        """Send a register round (the full list; `vnis` replaces it when given)."""
+        if vnis is not None:
+            self.vnis = dict(vnis)
+            for vni in list(self.members):
+                if vni not in self.vnis:
+                    del self.members[vni]
+                    self.applied.pop(vni, None)
+        self.round += 1
+        template = Register(
+            self.seq.next(),
+            self.hold_time if hold is None else hold,
+            self.registry,
+            self.round,
+            0,
+            1,
+            (),
+        )
+        entries = [VniEntry(v, a, self.applied.get(v, 0)) for v, a in sorted(self.vnis.items())]
+        for part in split_register(self.codec, template, entries, self.seq.many()):
+            self.send(self.codec.encode(part))
+
+    def withdraw(self) -> None:
+        self.register(hold=0)
+
+    def start_refresh(self, interval: float | None = None) -> None:
+        """Re-register every `interval` (default hold/3) like vxrd."""
+        period = self.hold_time / 3 if interval is None else interval
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(period)
+                self.register()
+
+        self._refresher = asyncio.ensure_future(loop())
+
+    def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ receiving
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.loss and self.rng.random() < self.loss:
+            self.stats.dropped_in += 1
+            return
+        self.stats.received += 1
+        try:
+            msg = fast_decode(data) if self.fast else self.codec.decode(data)
+        except (Rejected, ValueError, KeyError, TypeError):
+            self.stats.rejected += 1
+            return
+        if not isinstance(msg, Membership):
+            self.stats.rejected += 1
+            return
+        self._membership(msg)
+
+    def _membership(self, m: Membership) -> None:
+        if m.registry != self.registry:  # a (new) registry: start over
+            self.registry = m.registry
+            self.members.clear()
+            self.applied.clear()
+            self._parts.clear()
+        if m.vni not in self.vnis:
+            return
+        applied = self.applied.get(m.vni, 0)
+        if m.generation <= applied:
+            self._ack(m.vni)  # duplicate: re-ack
+            return
+        if m.parts > 1:
+            key = (m.vni, m.generation, m.base)
+            entry = self._parts.setdefault(key, _Parts(m.parts))
+            entry.got[m.part] = m
+            if len(entry.got) < entry.parts:
+                return
+            del self._parts[key]
+            parts = [entry.got[i] for i in range(entry.parts)]
+            add = {a for p in parts for a in p.add}
+            remove = {a for p in parts for a in p.remove}
+        else:
+            add, remove = set(m.add), set(m.remove)
+        if m.base is None:
+            self.members[m.vni] = add
+        elif m.base == applied:
+            self.members[m.vni] = (self.members.get(m.vni, set()) - remove) | add
+        else:
+            return  # delta from a base we do not hold: the next register fixes it
+        self.applied[m.vni] = m.generation
+        for key in [k for k in self._parts if k[0] == m.vni and k[1] <= m.generation]:
+            del self._parts[key]
+        self._ack(m.vni)
+        self.changed.set()
+        if self.on_change is not None:
+            self.on_change()
+
+    def _ack(self, vni: int) -> None:
+        self.stats.acks += 1
+        ack = Ack(self.seq.next(), self.registry, ((vni, self.applied[vni]),))
+        self.send(self.codec.encode(ack))
+
+    # ------------------------------------------------------------ waiting
+
+    def peers(self, vni: int) -> set[Address]:
+        """Members of `vni` other than this agent's own VTEP (what vxrd programs)."""
+        return self.members.get(vni, set()) - {self.vnis.get(vni)}  # type: ignore[arg-type]
+
+
+async def wait_until(
+    predicate: Callable[[], bool], deadline_s: float, what: str = "condition", poll: float = 0.01
+) -> float:
+    """Poll `predicate` until true; return the seconds it took, fail after `deadline_s`."""
+    start = time.monotonic()
+    deadline = start + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+        await asyncio.sleep(poll)
+    return time.monotonic() - start
+
+
+def with_env(msg: Register, env: Envelope) -> Register:
+    return replace(msg, env=env)

@@ -1,0 +1,217 @@
+"""A real vxsnd on loopback with simulated agents (tests/integration/agent_sim.py).
+
+The key scenarios run on SQLite and, via the `db` fixture, on PostgreSQL (a
+fresh database per test; skipped with a reason when the server is missing,
+failed in CI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schema.keys import Key, Keyring
+from schema.wire import Ack, Codec, Envelope, Register, VniEntry, address
+from tests.integration.agent_sim import Agent, wait_until
+from tests.integration.apiharness import postgres_database
+from tests.integration.vxsnd_harness import make_config, running, server_addr
+from vxsnd.daemon import Daemon
+
+VNI = 100
+KEY = Keyring([Key("k1", bytes(range(32)))])
+OTHER_KEY = Keyring([Key("k1", bytes(range(1, 33)))])
+
+
+def vtep(i: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(f"10.0.0.{i}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    else:
+        async with postgres_database() as url:
+            yield url
+
+
+async def agents(daemon: Daemon, n: int, **kw: object) -> list[Agent]:
+    return [await Agent.create(f"node{i}", server_addr(daemon), **kw) for i in range(1, n + 1)]
+
+
+def converged(group: list[Agent], vni: int = VNI) -> bool:
+    want = {a.vnis[vni] for a in group}
+    return all(a.members.get(vni) == want for a in group)
+
+
+async def join_three(daemon: Daemon) -> list[Agent]:
+    group = await agents(daemon, 3)
+    for i, a in enumerate(group, start=1):
+        a.register({VNI: vtep(i)})
+    await wait_until(lambda: converged(group), 10, "three agents to converge")
+    return group
+
+
+async def test_three_agents_join_and_each_sees_the_other_two(db: str) -> None:
+    async with running(make_config(db)) as daemon:
+        group = await join_three(daemon)
+        for i, a in enumerate(group, start=1):
+            assert a.peers(VNI) == {vtep(j) for j in (1, 2, 3) if j != i}
+        gens = await daemon.store.generations()
+        assert all(a.applied[VNI] == gens[VNI] for a in group)
+        m = daemon.metrics
+        await wait_until(lambda: m.value("vxsnd_acks_total") >= 3, 5, "acks counted")
+        assert m.value("vxsnd_vni_members", vni=str(VNI)) == 3
+        assert m.value("vxsnd_registrations_total") == 3
+        for a in group:
+            a.close()
+
+
+async def test_leave_removes_at_once_and_hold_zero_withdraws(db: str) -> None:
+    async with running(make_config(db)) as daemon:
+        a, b, c = await join_three(daemon)
+        c.register({200: vtep(3)})  # stops listing VNI 100
+        await wait_until(lambda: a.peers(VNI) == {vtep(2)}, 2, "leave pushed to a")
+        await wait_until(lambda: b.peers(VNI) == {vtep(1)}, 2, "leave pushed to b")
+        b.withdraw()
+        await wait_until(lambda: a.members[VNI] == {vtep(1)}, 2, "withdrawal pushed")
+        assert await daemon.store.node("node2") is None
+        _, members = await daemon.store.member_addresses(VNI)
+        assert members == {"10.0.0.1"}
+        assert daemon.metrics.value("vxsnd_withdrawals_total") == 1
+        for x in (a, b, c):
+            x.close()
+
+
+async def test_expiry_pushes_the_removal(db: str) -> None:
+    async with running(make_config(db)) as daemon:
+        a, b = await agents(daemon, 2)
+        a.register({VNI: vtep(1)})
+        b.hold_time = 1
+        b.register({VNI: vtep(2)})  # never refreshed: expires after 1 s
+        await wait_until(lambda: a.members.get(VNI) == {vtep(1), vtep(2)}, 5, "join")
+        took = await wait_until(lambda: a.members[VNI] == {vtep(1)}, 5, "expiry pushed")
+        assert took < 3
+        assert daemon.metrics.value("vxsnd_expiries_total") == 1
+        assert await daemon.store.node("node2") is None
+        a.close()
+        b.close()
+
+
+async def test_forged_unsigned_replayed_dropped_and_counted(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db), keyring=KEY) as daemon:
+        addr = server_addr(daemon)
+        good = await Agent.create("good", addr, keyring=KEY)
+        forger = await Agent.create("forger", addr, keyring=OTHER_KEY)
+        plain = await Agent.create("plain", addr)
+        good.register({VNI: vtep(1)})
+        forger.register({VNI: vtep(2)})
+        plain.register({VNI: vtep(3)})
+        await wait_until(lambda: good.members.get(VNI) == {vtep(1)}, 5, "signed agent joins")
+        # replay: the exact bytes of a datagram the server already accepted
+        codec = Codec(KEY)
+        env = Envelope("replayer", 42, 1, int(__import__("time").time() * 1000))
+        data = codec.encode(Register(env, 90, "", 1, 0, 1, (VniEntry(VNI, vtep(4)),)))
+        good.transport.sendto(data, addr)  # type: ignore[union-attr]
+        good.transport.sendto(data, addr)  # type: ignore[union-attr]
+        good.transport.sendto(b"VF\x01\x09garbage", addr)  # type: ignore[union-attr]
+        m = daemon.metrics
+        await wait_until(
+            lambda: (
+                m.value("vxsnd_rejected_datagrams_total", reason="replay") == 1
+                and m.value("vxsnd_rejected_datagrams_total", reason="bad-tag") >= 1
+                and m.value("vxsnd_rejected_datagrams_total", reason="unsigned") >= 1
+                and m.value("vxsnd_rejected_datagrams_total", reason="type") >= 1
+            ),
+            5,
+            "rejections counted by reason",
+        )
+        await wait_until(lambda: good.members[VNI] == {vtep(1), vtep(4)}, 5, "replayer joins once")
+        _, members = await daemon.store.member_addresses(VNI)
+        assert members == {"10.0.0.1", "10.0.0.4"}  # neither forger nor unsigned got in
+        # and the daemon keeps working
+        late = await Agent.create("late", addr, keyring=KEY)
+        late.register({VNI: vtep(5)})
+        await wait_until(
+            lambda: good.members[VNI] == {vtep(1), vtep(4), vtep(5)}, 5, "later join pushed"
+        )
+        assert m.value("vxsnd_handler_errors_total") == 0
+        for x in (good, forger, plain, late):
+            x.close()
+
+
+async def test_restart_keeps_registry_and_refresh_bumps_nothing(db: str) -> None:
+    cfg = make_config(db)
+    async with running(cfg) as daemon:
+        group = await join_three(daemon)
+        registry_id = daemon.store.registry_id
+        gens = await daemon.store.generations()
+        port = server_addr(daemon)[1]
+    cfg2 = make_config(db, listen=(cfg.listen[0].__class__("127.0.0.1", port),))
+    async with running(cfg2) as daemon:
+        assert daemon.store.registry_id == registry_id
+        assert await daemon.store.generations() == gens
+        before = {a.node_id: set(a.members[VNI]) for a in group}
+        for a in group:
+            a.register()  # the agents' next refresh, carrying their applied generations
+        m = daemon.metrics
+        await wait_until(
+            lambda: m.value("vxsnd_batches_total") >= 1 and not daemon.engine.has_work(),
+            5,
+            "refreshes applied",
+        )
+        assert len(daemon.engine.nodes) == 3
+        assert await daemon.store.generations() == gens  # nothing bumped
+        assert m.value("vxsnd_pushes_total", kind="snapshot") == 0
+        assert m.value("vxsnd_pushes_total", kind="delta") == 0
+        assert {a.node_id: a.members[VNI] for a in group} == before
+        # and it still pushes changes after the restart
+        newcomer = await Agent.create("node4", server_addr(daemon))
+        newcomer.register({VNI: vtep(4)})
+        await wait_until(lambda: converged([*group, newcomer]), 5, "join after restart")
+        assert (await daemon.store.generations())[VNI] == gens[VNI] + 1
+        for a in (*group, newcomer):
+            a.close()
+
+
+async def test_converges_with_30_percent_loss_both_ways(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db)) as daemon:
+        group = [
+            await Agent.create(f"lossy{i}", server_addr(daemon), loss=0.3, seed=i, hold_time=3)
+            for i in range(1, 9)
+        ]
+        for i, a in enumerate(group, start=1):
+            a.register({VNI: vtep(i), 300 + i % 2: vtep(i)})
+            a.start_refresh()
+        took = await wait_until(lambda: converged(group), 30, "lossy agents to converge")
+        odd = [a for i, a in enumerate(group, start=1) if i % 2]
+        even = [a for i, a in enumerate(group, start=1) if not i % 2]
+        await wait_until(lambda: converged(odd, 301) and converged(even, 300), 30, "second VNIs")
+        assert sum(a.stats.dropped_in + a.stats.dropped_out for a in group) > 0
+        assert daemon.metrics.value("vxsnd_retransmits_total") > 0 or took < 1
+        for a in group:
+            a.close()
+
+
+async def test_ack_from_unknown_node_and_membership_to_server_are_harmless(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db)) as daemon:
+        addr = server_addr(daemon)
+        a = await Agent.create("node1", addr)
+        codec = Codec()
+        a.send(
+            codec.encode(
+                Ack(Envelope("ghost", 1, 1, int(__import__("time").time() * 1000)), "", ((VNI, 3),))
+            )
+        )
+        a.register({VNI: address("10.0.0.1")})
+        await wait_until(lambda: a.members.get(VNI) == {vtep(1)}, 5, "join")
+        assert daemon.metrics.value("vxsnd_handler_errors_total") == 0
+        a.close()
