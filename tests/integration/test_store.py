@@ -1,0 +1,448 @@
+"""vxsnd.store against real databases: an SQLite file and PostgreSQL.
+
+Every PostgreSQL test gets a fresh database (`vxflood_test_<pid>_<n>`) created
+from an admin connection to the `test` database and dropped afterwards, so
+runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from alembic import command
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from migrations import alembic_config
+from tests.conftest import POSTGRES_URL, require_postgres
+from vxsnd.store import (
+    Batch,
+    Origin,
+    Registration,
+    RegistryMissing,
+    SchemaOutdated,
+    SchemaUnknown,
+    StaticVtep,
+    Store,
+    current_revision,
+    head_revision,
+    upgrade_schema,
+)
+
+_db_numbers = itertools.count()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/registry.db"
+        return
+    require_postgres()
+    name = f"vxflood_test_{os.getpid()}_{next(_db_numbers)}"
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(db_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def reg(
+    node: str,
+    vnis: dict[int, str],
+    *,
+    hold: float = 30.0,
+    incarnation: int = 1,
+    applied: dict[int, int] | None = None,
+) -> Registration:
+    return Registration(node, incarnation, "192.0.2.1", 4789, hold, vnis, applied or {})
+
+
+async def apply_regs(store: Store, now: float, *regs: Registration) -> dict[int, int]:
+    batch = Batch()
+    for r in regs:
+        batch.register(r)
+    return (await store.apply(batch, now)).generations
+
+
+async def addresses(store: Store, vni: int) -> set[str]:
+    return set((await store.member_addresses(vni))[1])
+
+
+async def run_sync_alembic(url: str, fn: str, target: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+
+            def run(sync_conn: Connection) -> None:
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = sync_conn
+                getattr(command, fn)(cfg, target)
+
+            await conn.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+# --------------------------------------------------------------------------- schema
+
+
+async def test_new_registry_is_created_at_head(db_url: str) -> None:
+    async with await Store.open(db_url) as s:
+        assert len(s.registry_id) == 32
+        int(s.registry_id, 16)
+        assert await s.health()
+    assert await current_revision(db_url) == (head_revision(),)
+
+
+async def test_registry_id_and_state_survive_reopen(db_url: str) -> None:
+    async with await Store.open(db_url) as s:
+        rid = s.registry_id
+        await apply_regs(s, 100.0, reg("a", {100: "10.0.0.1"}), reg("b", {100: "10.0.0.2"}))
+        assert await apply_regs(s, 101.0, reg("a", {100: "10.0.0.1", 200: "10.0.0.1"})) == {200: 1}
+    async with await Store.open(db_url) as s:
+        assert s.registry_id == rid
+        assert await s.generations() == {100: 1, 200: 1}
+        assert await addresses(s, 100) == {"10.0.0.1", "10.0.0.2"}
+        assert [n.node_id for n in await s.nodes()] == ["a", "b"]
+        # generations continue where they were
+        assert await apply_regs(s, 102.0, reg("b", {100: "10.0.0.3"})) == {100: 2}
+
+
+async def test_outdated_registry_is_refused_until_upgraded(db_url: str) -> None:
+    """With one revision, "older" is base: downgrade leaves an empty alembic_version."""
+    async with await Store.open(db_url):
+        pass
+    await run_sync_alembic(db_url, "downgrade", "base")
+    with pytest.raises(SchemaOutdated, match="vxsnd db upgrade --db"):
+        await Store.open(db_url)
+    await upgrade_schema(db_url)
+    async with await Store.open(db_url) as s:
+        assert await s.generations() == {}
+
+
+async def test_empty_database_without_create(db_url: str) -> None:
+    with pytest.raises(RegistryMissing, match="vxsnd db upgrade"):
+        await Store.open(db_url, create=False)
+
+
+async def test_foreign_tables_and_unknown_revisions_are_refused(db_url: str) -> None:
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE something_else (x INTEGER)"))
+        with pytest.raises(SchemaUnknown, match="no Alembic revision"):
+            await Store.open(db_url)
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TABLE something_else"))
+        async with await Store.open(db_url):
+            pass
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+        with pytest.raises(SchemaUnknown, match="newer vxsnd"):
+            await Store.open(db_url)
+    finally:
+        await engine.dispose()
+
+
+# --------------------------------------------------------------------------- generations
+
+
+async def test_join_and_leave_bump_each_vni_once_per_batch(store: Store) -> None:
+    batch = Batch()
+    batch.register(reg("a", {100: "10.0.0.1", 200: "10.0.0.1"}))
+    batch.register(reg("b", {100: "10.0.0.2"}))
+    batch.register(reg("c", {100: "2001:db8:0:0::3"}))
+    result = await store.apply(batch, 10.0)
+    assert result.generations == {100: 1, 200: 1}
+    assert result.changed[100].added == {"10.0.0.1", "10.0.0.2", "2001:db8::3"}
+    assert result.registered == {"a", "b", "c"}
+    gen, members = await store.members(100)
+    assert gen == 1
+    assert [m.address for m in members] == ["10.0.0.1", "10.0.0.2", "2001:db8::3"]
+    assert {m.origin for m in members} == {Origin.REGISTERED}
+    assert members[0].expires_at == 40.0
+
+    batch = Batch()
+    batch.register(reg("a", {200: "10.0.0.1"}))  # leaves 100
+    batch.withdraw("b")
+    batch.register(reg("d", {100: "10.0.0.4"}))
+    result = await store.apply(batch, 11.0)
+    assert result.generations == {100: 2}
+    assert result.changed[100].added == {"10.0.0.4"}
+    assert result.changed[100].removed == {"10.0.0.1", "10.0.0.2"}
+    assert result.withdrawn == {"b"}
+    assert await addresses(store, 100) == {"10.0.0.4", "2001:db8::3"}
+    assert await store.node("b") is None
+
+    # join and leave of the same address within one batch cancel out
+    batch = Batch()
+    batch.register(reg("e", {100: "10.0.0.5"}))
+    batch.withdraw("e")
+    assert (await store.apply(batch, 12.0)).changed == {}
+    assert await store.generations([100, 200, 999]) == {100: 2, 200: 1}
+
+
+async def test_refresh_and_identical_registration_change_only_expiry(store: Store) -> None:
+    await apply_regs(store, 0.0, reg("a", {100: "10.0.0.1"}), reg("b", {100: "10.0.0.2"}))
+    batch = Batch()
+    batch.refresh("a", 500.0)
+    batch.refresh("ghost", 500.0)
+    result = await store.apply(batch, 5.0)
+    assert result.changed == {}
+    assert result.unknown == {"ghost"}
+    node = await store.node("a")
+    assert node is not None and node.expires_at == 500.0 and node.last_seen == 5.0
+    _, members = await store.members(100)
+    assert {m.address: m.expires_at for m in members} == {"10.0.0.1": 500.0, "10.0.0.2": 30.0}
+
+    batch = Batch()
+    batch.register(reg("a", {100: "10.0.0.1"}))
+    result = await store.apply(batch, 6.0)
+    assert result.changed == {} and result.registered == frozenset()
+    batch = Batch()
+    batch.register(reg("a", {100: "10.0.0.1"}, incarnation=2))  # agent restart
+    result = await store.apply(batch, 7.0)
+    assert result.changed == {} and result.registered == {"a"}
+    assert await store.generations() == {100: 1}
+
+
+async def test_expiry_sweep_and_hold_time_zero(store: Store) -> None:
+    await apply_regs(
+        store,
+        0.0,
+        reg("a", {100: "10.0.0.1"}, hold=10),
+        reg("b", {100: "10.0.0.2", 200: "10.0.0.2"}, hold=10),
+        reg("c", {300: "10.0.0.3"}, hold=10),
+    )
+    batch = Batch()
+    batch.refresh("a", 25.0)
+    batch.expire()
+    result = await store.apply(batch, 11.0)
+    assert result.expired == {"b", "c"}
+    assert result.generations == {100: 2, 200: 2, 300: 2}
+    assert await addresses(store, 100) == {"10.0.0.1"}
+    assert [n.node_id for n in await store.nodes()] == ["a"]
+    assert await store.node_vnis("b") == []
+
+    result = await store.apply(Batch(), 12.0)
+    assert result.changed == {}
+    batch = Batch()
+    batch.register(reg("a", {100: "10.0.0.1"}, hold=0))
+    result = await store.apply(batch, 13.0)
+    assert result.withdrawn == {"a"} and result.generations == {100: 3}
+    assert await store.nodes() == []
+    summary = {v.vni: (v.generation, v.members) for v in await store.vnis()}
+    assert summary == {100: (3, 0), 200: (2, 0), 300: (2, 0)}
+
+
+async def test_last_registration_wins_and_hands_over(store: Store) -> None:
+    await apply_regs(store, 0.0, reg("a", {100: "10.0.0.9"}))
+    assert await apply_regs(store, 1.0, reg("b", {100: "10.0.0.9"})) == {}
+    _, members = await store.members(100)
+    assert [(m.address, m.node_id) for m in members] == [("10.0.0.9", "b")]
+    # b goes away: a still claims the address, so it keeps existing (no bump)
+    batch = Batch()
+    batch.withdraw("b")
+    assert (await store.apply(batch, 2.0)).changed == {}
+    _, members = await store.members(100)
+    assert [(m.address, m.node_id) for m in members] == [("10.0.0.9", "a")]
+    batch = Batch()
+    batch.withdraw("a")
+    assert (await store.apply(batch, 3.0)).generations == {100: 2}
+
+
+# --------------------------------------------------------------------------- static
+
+
+async def test_static_enrol_remove_and_registration_does_not_overwrite(store: Store) -> None:
+    batch = Batch()
+    batch.enrol_static(StaticVtep(100, "10.9.0.1", description="storage array"))
+    batch.enrol_static(StaticVtep(100, "10.9.0.2", hold_time=10))
+    result = await store.apply(batch, 0.0)
+    assert result.generations == {100: 1}
+    assert result.changed[100].added == {"10.9.0.1", "10.9.0.2"}
+
+    # a registration of a static address leaves it static and bumps nothing
+    assert await apply_regs(store, 1.0, reg("a", {100: "10.9.0.1"}, hold=100)) == {}
+    _, members = await store.members(100)
+    m = {x.address: x for x in members}
+    assert m["10.9.0.1"].origin is Origin.STATIC and m["10.9.0.1"].node_id is None
+    assert m["10.9.0.1"].description == "storage array" and m["10.9.0.1"].expires_at is None
+    assert m["10.9.0.2"].expires_at == 10.0
+
+    # removing the static entry hands it to the agent that claims it (no bump)
+    batch = Batch()
+    batch.remove_static(100, "10.9.0.1")
+    batch.remove_static(100, "10.9.9.9")
+    result = await store.apply(batch, 2.0)
+    assert result.changed == {}
+    assert result.missing_static == {(100, "10.9.9.9")}
+    _, members = await store.members(100)
+    assert {(x.address, x.origin, x.node_id) for x in members} == {
+        ("10.9.0.1", Origin.REGISTERED, "a"),
+        ("10.9.0.2", Origin.STATIC, None),
+    }
+
+    # static with a hold time expires in the sweep
+    batch = Batch()
+    batch.expire()
+    result = await store.apply(batch, 10.0)
+    assert result.changed[100].removed == {"10.9.0.2"} and result.generations == {100: 2}
+
+
+async def test_replace_all_static(store: Store) -> None:
+    batch = Batch()
+    for addr in ("10.9.0.1", "10.9.0.2"):
+        batch.enrol_static(StaticVtep(100, addr))
+    batch.enrol_static(StaticVtep(200, "10.9.0.3"))
+    await store.apply(batch, 0.0)
+    await apply_regs(store, 0.0, reg("a", {300: "10.0.0.1"}))
+
+    batch = Batch()
+    batch.replace_static(
+        [StaticVtep(100, "10.9.0.2", description="kept"), StaticVtep(300, "10.9.0.4")]
+    )
+    result = await store.apply(batch, 1.0)
+    assert result.generations == {100: 2, 200: 2, 300: 2}
+    assert result.changed[100].removed == {"10.9.0.1"}
+    assert await addresses(store, 100) == {"10.9.0.2"}
+    assert await addresses(store, 200) == set()
+    assert await addresses(store, 300) == {"10.0.0.1", "10.9.0.4"}
+    _, members = await store.members(100)
+    assert members[0].description == "kept"
+    summary = {v.vni: (v.members, v.static) for v in await store.vnis()}
+    assert summary == {100: (1, 1), 200: (0, 0), 300: (2, 1)}
+
+
+# --------------------------------------------------------------------------- acks
+
+
+async def test_acks_and_lagging(store: Store) -> None:
+    await apply_regs(
+        store, 0.0, reg("a", {100: "10.0.0.1", 200: "10.0.0.1"}), reg("b", {100: "10.0.0.2"})
+    )
+    batch = Batch()
+    batch.ack("a", 100, 1)
+    batch.ack("ghost", 100, 1)
+    result = await store.apply(batch, 1.0)
+    assert result.unknown == {"ghost"} and result.changed == {}
+    lag = {(x.node_id, x.vni): (x.applied_generation, x.generation) for x in await store.lagging()}
+    assert lag == {("a", 200): (0, 1), ("b", 100): (0, 1)}
+    batch = Batch()
+    batch.ack("a", 100, 0)  # a late, older ack never lowers what was applied
+    await store.apply(batch, 2.0)
+    assert [(x.vni, x.applied_generation) for x in await store.node_vnis("a")] == [
+        (100, 1),
+        (200, 0),
+    ]
+    await apply_regs(store, 3.0, reg("b", {100: "10.0.0.2"}, applied={100: 1}))
+    assert [(x.node_id, x.vni) for x in await store.lagging([200])] == [("a", 200)]
+    assert [(x.node_id, x.vni) for x in await store.lagging([100])] == []
+
+
+# --------------------------------------------------------------------------- deltas
+
+
+async def test_delta_edges_and_log_trimming(db_url: str) -> None:
+    async with await Store.open(db_url, log_depth=3) as s:
+        assert await s.delta(100, 0) is not None  # unknown VNI at 0: empty
+        assert await s.delta(100, 1) is None
+        for i in range(1, 6):
+            await apply_regs(s, float(i), reg(f"n{i}", {100: f"10.0.0.{i}"}))
+        assert await s.generations([100]) == {100: 5}
+        assert await s.delta(100, 1) is None  # log keeps generations 3..5
+        d = await s.delta(100, 2)
+        assert d is not None and d.added == {"10.0.0.3", "10.0.0.4", "10.0.0.5"}
+        d = await s.delta(100, 5)
+        assert d is not None and d.added == d.removed == frozenset() and d.generation == 5
+        assert await s.delta(100, 6) is None
+        assert await s.delta(100, -1) is None
+
+
+async def test_delta_from_any_base_rebuilds_the_snapshot(db_url: str) -> None:
+    """Random batches: snapshot(base) + delta(base) == snapshot(now), for every base.
+
+    Also: a VNI's generation moves by exactly one in a batch that changes its
+    membership and not at all otherwise.
+    """
+    depth = 6
+    rng = random.Random(20261126)
+    vnis = [1, 2, 3]
+    pool = [f"10.0.0.{i}" for i in range(1, 9)]
+    nodes = [f"n{i}" for i in range(6)]
+    snapshots: dict[int, dict[int, frozenset[str]]] = {v: {0: frozenset()} for v in vnis}
+    async with await Store.open(db_url, log_depth=depth) as s:
+        now = 0.0
+        for _ in range(40):
+            now += 1.0
+            before = {v: await s.member_addresses(v) for v in vnis}
+            batch = Batch()
+            for _ in range(rng.randint(1, 5)):
+                op = rng.random()
+                node = rng.choice(nodes)
+                if op < 0.45:
+                    chosen = rng.sample(vnis, rng.randint(0, 3))
+                    batch.register(
+                        reg(node, {v: rng.choice(pool) for v in chosen}, hold=rng.choice([3, 30]))
+                    )
+                elif op < 0.55:
+                    batch.withdraw(node)
+                elif op < 0.65:
+                    batch.refresh(node, now + 5)
+                elif op < 0.8:
+                    batch.enrol_static(
+                        StaticVtep(rng.choice(vnis), rng.choice(pool), rng.choice([None, 2.0]))
+                    )
+                elif op < 0.9:
+                    batch.remove_static(rng.choice(vnis), rng.choice(pool))
+                else:
+                    batch.expire()
+            result = await s.apply(batch, now)
+            for v in vnis:
+                gen, members = await s.member_addresses(v)
+                old_gen, old_members = before[v]
+                if members != old_members:
+                    assert gen == old_gen + 1
+                    assert result.changed[v].added == members - old_members
+                    assert result.changed[v].removed == old_members - members
+                else:
+                    assert gen == old_gen and v not in result.changed
+                snapshots[v][gen] = members
+        for v in vnis:
+            current, members = await s.member_addresses(v)
+            for base, snap in snapshots[v].items():
+                delta = await s.delta(v, base)
+                if current - base > depth:
+                    assert delta is None
+                    continue
+                assert delta is not None, (v, base, current)
+                assert (snap - delta.removed) | delta.added == members
+                assert not delta.added & snap and delta.removed <= snap
