@@ -249,9 +249,22 @@ async def upgrade_schema(url: str) -> None:
         await engine.dispose()
 
 
+def _sqlite_file_missing(url: str) -> bool:
+    parsed = make_url(url)
+    db = parsed.database
+    return (
+        parsed.get_backend_name() == "sqlite"
+        and bool(db)
+        and db != ":memory:"
+        and not (Path(str(db)).exists())
+    )
+
+
 async def current_revision(url: str) -> tuple[str, ...]:
     """Revisions applied to the registry at `url` (empty: none, e.g. a new database)."""
     url = normalize_url(url)
+    if _sqlite_file_missing(url):
+        return ()  # do not create a file just to look at it
     engine = _make_engine(url)
     try:
         async with engine.connect() as conn:
