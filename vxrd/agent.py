@@ -14,6 +14,7 @@ asked for (`leave`, --flush-on-exit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 from schema.keys import Keyring
 from schema.validate import Address
 from schema.wire import Codec
-from vxrd.client import Outcome, ServerClient, union_members
+from vxrd.client import Outcome, ServerClient, ServerState, union_members
 from vxrd.config import Config
 from vxrd.kernel import (
     FdbChanged,
@@ -42,6 +43,9 @@ from vxrd.reconcile import desired_for, reconcile
 log = logging.getLogger("vxrd")
 
 FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before re-reading
+# fdb events also echo vxrd's own writes; a reconcile they trigger waits at least this
+# long after the previous one ended, so a big write does not cause a storm of full dumps
+FDB_MIN_GAP = 0.1
 LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
 
 MANAGED = "managed"
@@ -113,6 +117,15 @@ class Agent:
         self._lock = asyncio.Lock()  # reconcile vs. leave
         self._logged: dict[int, str] = {}
         self._leaving = False
+        self._reconcile_end = 0.0  # monotonic
+        self._desired_cache: dict[
+            int,
+            tuple[
+                tuple[frozenset[Address] | None, ...],
+                Address | None,
+                frozenset[Address] | None,
+            ],
+        ] = {}
         self._registered = False  # the first register goes out even with no device
         self._background: set[asyncio.Task[None]] = set()
         self.last_reconcile: float | None = None
@@ -195,6 +208,7 @@ class Agent:
     def _drop_device(self, ifindex: int) -> None:
         view = self.devices.pop(ifindex, None)
         self.programmed.pop(ifindex, None)
+        self._desired_cache.pop(ifindex, None)
         self._logged.pop(ifindex, None)
         if view is not None and view.eligible:
             log.info("%s: deleted, VNI %s withdrawn", view.dev.name, view.dev.vni)
@@ -242,7 +256,8 @@ class Agent:
                 if isinstance(ev, FdbChanged):
                     view = self.devices.get(ev.ifindex)
                     if view is not None and view.status == MANAGED:
-                        self.kick(FDB_DEBOUNCE)
+                        gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
+                        self.kick(max(FDB_DEBOUNCE, gap))
                 elif isinstance(ev, LinkChanged):
                     dev = await self.kernel.get_vxlan(ev.ifindex)
                     if dev is None:
@@ -297,10 +312,14 @@ class Agent:
     async def _reconciler(self) -> None:
         while True:
             await self._wake.wait()
-            wait = 0.0 if self._due is None else self._due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)  # debounce: more events may arrive meanwhile
             self._wake.clear()
+            # debounce until the earliest requested time; a kick asking for an
+            # earlier time (a membership change) cuts the wait short
+            while self._due is not None and (wait := self._due - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                self._wake.clear()
             self._due = None
             try:
                 await self.reconcile_now()
@@ -321,10 +340,9 @@ class Agent:
             for ifindex, view in self.devices.items():
                 if view.status != MANAGED or view.dev.vni is None:
                     continue
-                members = union_members(states, view.dev.vni)
-                if members is None:
+                desired = self._desired(ifindex, view, states)
+                if desired is None:
                     continue  # no server answered yet: adopt what the kernel holds
-                desired = desired_for(members, view.local)
                 actual = frozenset(actual_all.get(ifindex, ()))
                 diff = reconcile(desired, actual)
                 before = self.programmed.get(ifindex)
@@ -340,8 +358,28 @@ class Agent:
                 log.info("repaired %d flood entries changed outside vxrd", repairs)
             if diffs:
                 await self._apply(diffs)
+            self._reconcile_end = time.monotonic()
         for idx, applied in acks.items():
             self.clients[idx].send_ack(sorted(applied.items()))
+
+    def _desired(
+        self, ifindex: int, view: DeviceView, states: list[ServerState]
+    ) -> frozenset[Address] | None:
+        """desired_for() of the union, cached while the servers' member sets (immutable,
+        replaced on change) and the local address stay the same objects."""
+        assert view.dev.vni is not None
+        sources = tuple(st.members(view.dev.vni) for st in states)
+        hit = self._desired_cache.get(ifindex)
+        if (
+            hit is not None
+            and hit[1] == view.local
+            and all(a is b for a, b in zip(hit[0], sources, strict=True))
+        ):
+            return hit[2]
+        members = union_members(states, view.dev.vni)
+        desired = None if members is None else desired_for(members, view.local)
+        self._desired_cache[ifindex] = (sources, view.local, desired)
+        return desired
 
     async def _apply(self, diffs: dict[int, FloodDiff]) -> None:
         t0 = time.perf_counter()
