@@ -100,8 +100,11 @@ class Client:
 
 def _reason(exc: aiohttp.ClientConnectorError) -> str:
     err = exc.os_error
-    text = (err.strerror or str(err)) if err is not None else str(exc)
-    return text.lower() if text else "connection failed"
+    if err is None:
+        return str(exc) or "connection failed"
+    if err.errno:
+        return os.strerror(err.errno).lower()
+    return (err.strerror or str(err) or "connection failed").lower()
 
 
 # ------------------------------------------------------------------- output

@@ -1,0 +1,203 @@
+"""vxsndctl, as a real process, against a real API server on a real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.apiharness import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    Harness,
+    register,
+    serve,
+    sqlite_url,
+    write_tokens,
+)
+from vxsnd import store as st
+from vxsnd.ctl import duration, table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def ctl(*args: str, token: str | None = None, stdin: str | None = None) -> Result:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VXSND_")}
+    env["PYTHONPATH"] = str(ROOT)
+    if token is not None:
+        env["VXSND_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vxsnd.ctl",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[st.Store]:
+    s = await st.Store.open(sqlite_url(tmp_path))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_tables_json_and_changes(store: st.Store, tmp_path: Path) -> None:
+    now = time.time()
+    await register(store, "hv-1", {100: "192.0.2.1"}, now, 90)
+    async with serve(Harness(store), write_tokens(tmp_path)) as api:
+        r = await ctl(
+            "--api",
+            api,
+            "enrol",
+            "100",
+            "198.51.100.7",
+            "--description",
+            "tor 4",
+            token=ADMIN_TOKEN,
+        )
+        assert r.code == 0, r.err
+        assert r.out.strip() == (
+            "enrolled static VTEP 198.51.100.7 in VNI 100 (generation 2, expires never)"
+        )
+
+        r = await ctl("--api", api, "vnis", token=READ_TOKEN)
+        assert r.code == 0, r.err
+        assert r.out.splitlines() == [
+            "VNI  GENERATION  MEMBERS  STATIC",
+            "100  2           2        1",
+        ]
+        r = await ctl("--api", api, "--json", "vnis", token=READ_TOKEN)
+        assert json.loads(r.out) == {
+            "vnis": [{"vni": 100, "generation": 2, "members": 2, "static": 1}]
+        }
+
+        r = await ctl("--api", api, "vni", "100", token=READ_TOKEN)
+        assert r.code == 0, r.err
+        lines = r.out.splitlines()
+        assert lines[0] == "VNI 100  generation 2  members 2"
+        assert lines[1].split() == ["ADDRESS", "ORIGIN", "NODE", "EXPIRES", "DESCRIPTION"]
+        assert lines[2].split()[:3] == ["192.0.2.1", "registered", "hv-1"]
+        assert lines[3].split() == ["198.51.100.7", "static", "-", "never", "tor", "4"]
+
+        r = await ctl("--api", api, "nodes", token=READ_TOKEN)
+        assert r.code == 0, r.err
+        assert r.out.splitlines()[0].split() == [
+            "NODE",
+            "ADDRESS",
+            "HOLD",
+            "LAST",
+            "SEEN",
+            "EXPIRES",
+        ]
+        assert r.out.splitlines()[1].split()[:3] == ["hv-1", "192.0.2.1:10002", "90s"]
+
+        r = await ctl("--api", api, "node", "hv-1", token=READ_TOKEN)
+        assert r.code == 0, r.err
+        assert "node         hv-1" in r.out
+        assert r.out.splitlines()[-1].split() == ["100", "192.0.2.1", "0", "2", "behind", "by", "2"]
+        r = await ctl("--api", api, "--json", "node", "hv-1", token=READ_TOKEN)
+        assert json.loads(r.out)["vnis"][0]["applied_generation"] == 0
+
+        # refusals: one line, non-zero
+        r = await ctl("--api", api, "remove", "100", "192.0.2.1", token=ADMIN_TOKEN)
+        assert r.code == 1 and r.err.startswith("vxsndctl: 409 registered-vtep: ")
+        assert len(r.err.splitlines()) == 1
+        r = await ctl("--api", api, "enrol", "100", "224.0.0.1", token=ADMIN_TOKEN)
+        assert r.code == 1 and "multicast" in r.err and len(r.err.splitlines()) == 1
+        r = await ctl("--api", api, "enrol", "100", "192.0.2.9", token=READ_TOKEN)
+        assert r.code == 1 and r.err.startswith("vxsndctl: 403 forbidden")
+        r = await ctl("--api", api, "vnis")
+        assert r.code == 1 and r.err.strip() == "vxsndctl: 401 unauthorized: missing bearer token"
+
+        token_file = tmp_path / "my-token"
+        token_file.write_text(f"# mine\n{ADMIN_TOKEN} admin\n")
+        r = await ctl(
+            "--api", api, "--token-file", str(token_file), "remove", "100", "198.51.100.7"
+        )
+        assert r.code == 0, r.err
+        assert r.out.strip() == "removed static VTEP 198.51.100.7 from VNI 100 (generation 3)"
+
+
+async def test_import(store: st.Store, tmp_path: Path) -> None:
+    async with serve(Harness(store)) as api:
+        good = tmp_path / "static.txt"
+        good.write_text(
+            "# VNI ADDRESS [description]\n"
+            "100 192.0.2.10 rack 1\n"
+            "100 2001:db8::10\n"
+            "200 192.0.2.10   # same VTEP, other VNI\n"
+        )
+        r = await ctl("--api", api, "import", str(good))
+        assert r.code == 0, r.err
+        assert r.out.strip() == (
+            f"static VTEPs replaced from {good}: 3 listed, 3 added, 0 removed, 0 kept"
+        )
+        _, members = await store.members(100)
+        assert [(m.address, m.description) for m in members] == [
+            ("192.0.2.10", "rack 1"),
+            ("2001:db8::10", None),
+        ]
+        before = [await store.members(v) for v in (100, 200)]
+
+        bad = tmp_path / "bad.txt"
+        bad.write_text("100 192.0.2.10\n100 192.0.2.11\n300 127.0.0.1\n")
+        r = await ctl("--api", api, "import", str(bad))
+        assert r.code == 2
+        assert r.err.strip() == (
+            f"vxsndctl: {bad}:3: 127.0.0.1 is a loopback address, not a VTEP (nothing was changed)"
+        )
+        assert [await store.members(v) for v in (100, 200)] == before
+
+        r = await ctl("--api", api, "--json", "import", "-", stdin="100 192.0.2.10\n")
+        assert r.code == 0, r.err
+        assert json.loads(r.out) == {
+            "added": 0,
+            "removed": 2,
+            "kept": 1,
+            "changed_vnis": [100, 200],
+        }
+        r = await ctl("--api", api, "import", str(tmp_path / "missing.txt"))
+        assert r.code == 2 and "cannot read" in r.err
+
+
+async def test_server_down_is_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = f"http://127.0.0.1:{port}"
+    r = await ctl("--api", api, "vnis")
+    assert r.code == 3
+    assert r.out == ""
+    assert r.err == (
+        f"vxsndctl: cannot reach {api}: connection refused (is vxsnd running with --api?)\n"
+    )
+
+
+def test_formatting_helpers() -> None:
+    assert table(["A", "BB"], [(1, None), ("long", "x")]) == "A     BB\n1     -\nlong  x"
+    assert [duration(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
