@@ -20,7 +20,8 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -419,6 +420,13 @@ def check_bind(host: str, tokens: Tokens | None) -> None:
         )
 
 
+def check_api_config(host: str, token_file: str | None) -> Tokens | None:
+    """Everything start_api would refuse, checked before the daemon starts (ApiConfigError)."""
+    tokens = load_tokens(token_file)
+    check_bind(host, tokens)
+    return tokens
+
+
 def load_tokens(token_file: str | None) -> Tokens | None:
     if token_file is None:
         return None
@@ -441,8 +449,7 @@ async def start_api(
     Raises ApiConfigError for a bad token file or an unauthenticated non-loopback
     address; OSError when the address cannot be bound. Stop with `runner.cleanup()`.
     """
-    tokens = load_tokens(token_file)
-    check_bind(host, tokens)
+    tokens = check_api_config(host, token_file)
     metrics_obj = getattr(daemon, "metrics", None)
     registry = getattr(metrics_obj, "registry", None)
     app = build_app(reg.Backend.from_daemon(daemon), tokens=tokens, metrics_registry=registry)
@@ -479,3 +486,22 @@ def bound_port(runner: web.AppRunner) -> int:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return int(addr[1])
     raise RuntimeError("the API is not listening")
+
+
+def api_service(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token_file: str | None = None
+) -> Callable[[Any], AbstractAsyncContextManager[web.AppRunner]]:
+    """A `Daemon.services` factory: the API runs while the daemon serves.
+
+    `daemon.services.append(api_service(host, port, token_file))`
+    """
+
+    @asynccontextmanager
+    async def service(daemon: Any) -> AsyncIterator[web.AppRunner]:
+        runner = await start_api(daemon, host, port, token_file)
+        try:
+            yield runner
+        finally:
+            await runner.cleanup()
+
+    return service

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.agent_sim import Agent, wait_until
 from tests.integration.apiharness import (
     ADMIN_TOKEN,
     READ_TOKEN,
@@ -23,10 +26,12 @@ from tests.integration.apiharness import (
     sqlite_url,
     write_tokens,
 )
+from tests.integration.vxsnd_harness import make_config, running, server_addr
 from vxsnd import api
 from vxsnd import store as st
 from vxsnd.api import ApiConfigError, build_app, check_bind
 from vxsnd.api_backend import Backend
+from vxsnd.daemon import Daemon
 from vxsnd.openapi import build_document
 from vxsnd.tokens import Tokens
 
@@ -459,3 +464,64 @@ def test_every_route_is_documented_and_vice_versa() -> None:
             assert params == set(path.replace("}", "{").split("{")[1::2]), path
             for status, response in op["responses"].items():
                 assert response["content"], (path, status)
+
+
+# ------------------------------------------- the real daemon pushes static changes
+
+
+async def test_static_changes_are_pushed_by_the_daemon(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    daemon_cfg = make_config(sqlite_url(tmp_path))
+    async with running(daemon_cfg) as daemon:
+        runner = await api.start_api(daemon, "127.0.0.1", 0, None)
+        base = f"http://127.0.0.1:{api.bound_port(runner)}"
+        agent = await Agent.create("hv-1", server_addr(daemon))
+        try:
+            agent.register({100: ipaddress.ip_address("192.0.2.1")})
+            await wait_until(lambda: 100 in agent.members, 5, "the first membership")
+            static = ipaddress.ip_address("198.51.100.7")
+
+            status, _ = await call(session, "PUT", f"{base}/v1/vnis/100/vteps/{static}")
+            assert status == 201
+            await wait_until(lambda: static in agent.peers(100), 5, "the enrolled VTEP")
+
+            status, _ = await call(session, "DELETE", f"{base}/v1/vnis/100/vteps/{static}")
+            assert status == 200
+            await wait_until(lambda: static not in agent.peers(100), 5, "the removal")
+
+            other = ipaddress.ip_address("198.51.100.8")
+            status, _ = await call(
+                session,
+                "PUT",
+                f"{base}/v1/static",
+                body={"vteps": [{"vni": 100, "address": str(other)}]},
+            )
+            assert status == 200
+            await wait_until(lambda: agent.peers(100) == {other}, 5, "the imported VTEP")
+            status, text = await call(session, "GET", f"{base}/metrics")
+            assert status == 200 and "vxsnd_pushes" in text
+        finally:
+            agent.close()
+            await runner.cleanup()
+
+
+async def test_api_service_hook(
+    tmp_path: Path, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`daemon.services.append(api_service(...))`: the API lives as long as the daemon."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    original = Daemon.__init__
+
+    def with_api(self: Daemon, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.services.append(api.api_service("127.0.0.1", port, None))
+
+    monkeypatch.setattr(Daemon, "__init__", with_api)
+    async with running(make_config(sqlite_url(tmp_path))):
+        status, data = await call(session, "GET", f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and data == {"status": "ok"}
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await call(session, "GET", f"http://127.0.0.1:{port}/healthz")
