@@ -160,14 +160,32 @@ def _ns_inode(name: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _entering(pid: str, names: set[str]) -> bool:
+    """Is ``pid`` an ``ip netns exec <one of names> ...`` that has not exec'd yet?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return (
+        len(argv) > 4
+        and os.path.basename(argv[0]) == b"ip"
+        and argv[1:3] == [b"netns", b"exec"]
+        and argv[3].decode(errors="replace") in names
+    )
+
+
 def kill_ns_processes(names: Iterable[str], sig: int = signal.SIGKILL) -> list[int]:
     """Send ``sig`` to every process living in one of the named namespaces.
 
     A namespace with a live process survives ``ip netns del`` (with its interfaces
-    and sockets), so teardown kills what still runs there first.
+    and sockets), so teardown kills what still runs there first, including an
+    ``ip netns exec`` that has not entered its namespace yet (a program started just
+    before the teardown).
     """
+    names = set(names)
     wanted = {ino for ino in (_ns_inode(n) for n in names) if ino is not None}
-    if not wanted:
+    if not names:
         return []
     killed: list[int] = []
     me = os.getpid()
@@ -178,7 +196,7 @@ def kill_ns_processes(names: Iterable[str], sig: int = signal.SIGKILL) -> list[i
             st = os.stat(f"/proc/{entry}/ns/net")
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in wanted:
+        if (st.st_dev, st.st_ino) in wanted or _entering(entry, names):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), sig)
                 killed.append(int(entry))
