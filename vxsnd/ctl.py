@@ -49,6 +49,8 @@ class CtlError(Exception):
 class Client:
     def __init__(self, api: str, token: str | None, timeout: float) -> None:
         self.api = URL(api.rstrip("/"))
+        if self.api.scheme not in ("http", "https") or not self.api.host:
+            raise CtlError(f"--api {api!r}: expected a URL like {DEFAULT_API}", EXIT_USAGE)
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 

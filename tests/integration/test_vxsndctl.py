@@ -201,3 +201,11 @@ async def test_server_down_is_one_line() -> None:
 def test_formatting_helpers() -> None:
     assert table(["A", "BB"], [(1, None), ("long", "x")]) == "A     BB\n1     -\nlong  x"
     assert [duration(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
+
+
+async def test_bad_api_url_is_a_usage_error() -> None:
+    r = await ctl("--api", "127.0.0.1:10080", "vnis")
+    assert r.code == 2
+    assert r.err.strip() == (
+        "vxsndctl: --api '127.0.0.1:10080': expected a URL like http://127.0.0.1:10080"
+    )
