@@ -52,6 +52,7 @@ def wait_until(
     """Call ``predicate`` until its result is truthy (or ``== expect`` when given) and
     return that result. Exceptions from ``predicate`` count as "not yet" and are
     reported if the deadline passes. Raises AssertionError after ``timeout`` seconds."""
+    __tracebackhide__ = True
     deadline = time.monotonic() + timeout
     attempts = 0
     last: Any = _UNSET
@@ -246,11 +247,14 @@ def _announce_kept(config: pytest.Config, nodeid: str, labs: Sequence[Lab]) -> N
             f"'from contrib.lab import sweep; sweep(\"{lab.prefix}\")'"
         )
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capman is None:
+        print("\n".join(lines), file=sys.__stderr__)
+        return
+    with capman.global_and_fixture_disabled():  # straight to the terminal, even on success
+        reporter.write_line("")
+        for line in lines:
             reporter.write_line(line)
-        else:
-            print(line, file=sys.__stderr__)
 
 
 # -- reports ------------------------------------------------------------------------------
