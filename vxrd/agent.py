@@ -32,6 +32,7 @@ from vxrd.kernel import (
     FdbChanged,
     FloodDiff,
     Kernel,
+    KernelEvent,
     LinkChanged,
     LinkRemoved,
     Resync,
@@ -251,29 +252,41 @@ class Agent:
         self.kick(0.0)
 
     async def _events(self) -> None:
-        async for ev in self.kernel.events():
+        """Follow kernel events; if the stream itself fails, rescan and follow again."""
+        while True:
             try:
-                if isinstance(ev, FdbChanged):
-                    view = self.devices.get(ev.ifindex)
-                    if view is not None and view.status == MANAGED:
-                        gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
-                        self.kick(max(FDB_DEBOUNCE, gap))
-                elif isinstance(ev, LinkChanged):
-                    dev = await self.kernel.get_vxlan(ev.ifindex)
-                    if dev is None:
-                        self._drop_device(ev.ifindex)
-                    else:
-                        self._set_device(dev)
-                    await self._after_device_change()
-                elif isinstance(ev, LinkRemoved):
-                    self._drop_device(ev.ifindex)
-                    await self._after_device_change()
-                elif isinstance(ev, Resync):
-                    log.warning("kernel events lost (%s): full rescan", ev.reason)
-                    await self.rescan()
+                async for ev in self.kernel.events():
+                    await self._event(ev)
+                return  # the kernel was closed
             except OSError as exc:
-                log.warning("handling %s failed: %s; full rescan", ev, exc)
+                log.warning("kernel event stream failed: %s; rescanning in 1 s", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(OSError):
+                    await self.rescan()
+
+    async def _event(self, ev: KernelEvent) -> None:
+        try:
+            if isinstance(ev, FdbChanged):
+                view = self.devices.get(ev.ifindex)
+                if view is not None and view.status == MANAGED:
+                    gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
+                    self.kick(max(FDB_DEBOUNCE, gap))
+            elif isinstance(ev, LinkChanged):
+                dev = await self.kernel.get_vxlan(ev.ifindex)
+                if dev is None:
+                    self._drop_device(ev.ifindex)
+                else:
+                    self._set_device(dev)
+                await self._after_device_change()
+            elif isinstance(ev, LinkRemoved):
+                self._drop_device(ev.ifindex)
+                await self._after_device_change()
+            elif isinstance(ev, Resync):
+                log.warning("kernel events lost (%s): full rescan", ev.reason)
                 await self.rescan()
+        except OSError as exc:
+            log.warning("handling %s failed: %s; full rescan", ev, exc)
+            await self.rescan()
 
     # ------------------------------------------------------------ control plane
 
