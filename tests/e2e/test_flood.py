@@ -1,0 +1,267 @@
+"""vxsnd and vxrd as real processes in the namespace lab, on the real kernel.
+
+vxsnd runs in the lab's underlay namespace with a SQLite registry in tmp_path; one
+vxrd runs in every host namespace (``--node-id`` = the namespace name). The flood
+lists are read back from the kernel (``bridge -j fdb show``), the data plane is proven
+with the lab's probes, and "nothing changed" claims are checked by an independent
+observer: ``bridge monitor fdb`` in each host, captured to a file.
+
+Every wait polls under a deadline (``wait_until``); the only timed waits are
+observation windows in which something must *not* happen.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contrib.lab import Lab
+from contrib.lab.probe import broadcast_reaches, broadcast_receipts, unicast_works
+from contrib.lab.topology import Host
+from tests.e2e.conftest import Proc, RunInNs, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+MakeLab = Callable[..., Lab]
+
+PORT = 10001
+ZERO = "00:00:00:00:00:00"
+START = 20.0  # seconds: daemons started on a busy 2-core box until the lists are complete
+CONVERGE = 3.0  # seconds: a change in a running system until every host has it
+NEGATIVE = 0.5  # seconds to wait for a datagram that must not arrive
+SHORT_HOLD = 3  # --hold-time where ageing matters: a refresh every second
+LONG_HOLD = 60  # elsewhere: nothing may expire on a slow machine by accident
+
+
+# -- daemons ------------------------------------------------------------------------------
+
+
+class Overlay:
+    """vxsnd in the lab's service namespace and a vxrd per host, all real processes."""
+
+    def __init__(
+        self, lab: Lab, run_in_ns: RunInNs, tmp_path: Path, hold_time: int = LONG_HOLD
+    ) -> None:
+        self.lab = lab
+        self.run_in_ns = run_in_ns
+        self.tmp_path = tmp_path
+        self.hold_time = hold_time
+        self.db = tmp_path / "registry.db"
+        self.vxsnd: Proc | None = None
+        self.vxrd: dict[Host, Proc] = {}
+
+    @property
+    def endpoint(self) -> str:
+        addr = self.lab.service_addr
+        return f"[{addr}]:{PORT}" if ":" in addr else f"{addr}:{PORT}"
+
+    def start_vxsnd(self) -> Proc:
+        argv = [
+            sys.executable,
+            *("-m", "vxsnd"),
+            *("--listen", self.endpoint),
+            *("--db", f"sqlite+aiosqlite:///{self.db}"),
+            *("--server-id", f"{self.lab.prefix}-sn"),
+        ]
+        self.vxsnd = self.run_in_ns(self.lab.service_ns, argv, name="vxsnd")
+        wait_until(self._vxsnd_listening, timeout=START, what="vxsnd listening on UDP")
+        return self.vxsnd
+
+    def _vxsnd_listening(self) -> bool:
+        assert self.vxsnd is not None
+        if not self.vxsnd.alive:
+            raise AssertionError(f"vxsnd exited {self.vxsnd.returncode}:\n{self.vxsnd.log()}")
+        out = self.lab.service.exec(["ss", "-Hlun", "sport", f"= :{PORT}"]).stdout
+        return bool(out.strip())
+
+    def socket_path(self, host: Host) -> Path:
+        return self.tmp_path / f"{host.name}.sock"
+
+    def start_vxrd(self, host: Host, wait: bool = True) -> Proc:
+        argv = [
+            sys.executable,
+            *("-m", "vxrd"),
+            *("--server", self.endpoint),
+            *("--node-id", host.name),
+            *("--status-socket", str(self.socket_path(host))),
+            *("--hold-time", str(self.hold_time)),
+        ]
+        proc = self.run_in_ns(host.name, argv, name=f"vxrd-{host.name}")
+        self.vxrd[host] = proc
+        if wait:
+            wait_until(lambda: self._answers(host), timeout=START, what=f"vxrd on {host.name}")
+        return proc
+
+    def _answers(self, host: Host) -> bool:
+        proc = self.vxrd[host]
+        if not proc.alive:
+            raise AssertionError(f"vxrd on {host.name} exited {proc.returncode}:\n{proc.log()}")
+        return self.ctl(host, "status", check=False).returncode == 0
+
+    def start(self, hosts: Iterable[Host] | None = None) -> None:
+        self.start_vxsnd()
+        hosts = list(self.lab.hosts if hosts is None else hosts)
+        for h in hosts:
+            self.start_vxrd(h, wait=False)
+        for h in hosts:
+            wait_until(lambda h=h: self._answers(h), timeout=START, what=f"vxrd on {h.name}")
+
+    def ctl(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``vxrdctl --socket <host's socket> --json ARGS`` from the root namespace."""
+        argv = [
+            sys.executable,
+            *("-m", "vxrd.ctl"),
+            *("--socket", str(self.socket_path(host))),
+            "--json",
+            *args,
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"vxrdctl {' '.join(args)} on {host.name}: {proc.stderr}")
+        return proc
+
+    def status(self, host: Host) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.ctl(host, "status").stdout)
+        return data
+
+
+# -- expected state -----------------------------------------------------------------------
+
+
+def others(hosts: Iterable[Host], h: Host) -> list[Host]:
+    return [o for o in hosts if o is not h]
+
+
+def flood_lists(lab: Lab, vni: int, hosts: Sequence[Host]) -> dict[str, set[str]]:
+    return {h.name: lab.fdb_flood(h, vni) for h in hosts}
+
+
+def full_mesh(vni: int, hosts: Sequence[Host]) -> dict[str, set[str]]:
+    """Every member lists every other member's underlay address, nothing else."""
+    return {h.name: {o.underlay for o in others(hosts, h)} for h in hosts}
+
+
+def wait_mesh(lab: Lab, vni: int, hosts: Sequence[Host], timeout: float = START) -> None:
+    wait_until(
+        lambda: flood_lists(lab, vni, hosts),
+        timeout=timeout,
+        what=f"a full mesh of VNI {vni} on {[h.name for h in hosts]}",
+        expect=full_mesh(vni, hosts),
+    )
+
+
+def assert_floods(lab: Lab, vni: int, hosts: Sequence[Host]) -> None:
+    """A broadcast sent on each host arrives on every other host, in ``vni``."""
+    for sender in hosts:
+        want = set(others(hosts, sender))
+        got = broadcast_reaches(lab, vni, sender, list(want), timeout=2.0)
+        assert got == want, f"VNI {vni}: broadcast from {sender.name} reached {sorted_names(got)}"
+
+
+def sorted_names(hosts: Iterable[Host]) -> list[str]:
+    return sorted(h.name for h in hosts)
+
+
+# -- the independent observer -------------------------------------------------------------
+
+SENTINEL_MAC = "02:76:78:6c:ff:fe"  # a bridge (master) entry: never one vxrd manages
+
+
+class FdbWatch:
+    """``bridge monitor fdb`` in each host, appending to a file per host.
+
+    ``mark()`` adds and deletes a sentinel bridge entry on every host and waits until
+    each monitor has printed it: afterwards the monitors are known to be live, and every
+    event before the mark is in the files. ``zero_events()`` returns the all-zero (flood)
+    entry events seen between two marks.
+    """
+
+    def __init__(self, run_in_ns: RunInNs, hosts: Sequence[Host], vni: int) -> None:
+        self.hosts = list(hosts)
+        self.vni = vni
+        self.procs = {
+            h: run_in_ns(h.name, ["bridge", "monitor", "fdb"], name=f"fdbmon-{h.name}")
+            for h in self.hosts
+        }
+        self.marks = 0
+        self.begin: dict[Host, int] = {}
+        self.mark()
+
+    def _sentinel(self, host: Host, verb: str) -> None:
+        dev = host.vxlan_dev(self.vni)
+        host.exec(["bridge", "fdb", verb, SENTINEL_MAC, "dev", dev, "master", "static"])
+
+    def mark(self) -> dict[Host, int]:
+        """Put a mark into every monitor's output; return each file's line count at it."""
+        self.marks += 1
+        for h in self.hosts:
+            self._sentinel(h, "add")
+            self._sentinel(h, "del")
+
+        def seen() -> dict[Host, int] | None:
+            at = {}
+            for h, proc in self.procs.items():
+                lines = proc.log().splitlines()
+                ends = [
+                    i for i, line in enumerate(lines) if line.startswith(f"Deleted {SENTINEL_MAC}")
+                ]
+                if len(ends) < self.marks:
+                    return None
+                at[h] = ends[self.marks - 1] + 1
+            return at
+
+        return wait_until(seen, timeout=5.0, what="fdb monitors printing the mark")
+
+    def start(self) -> None:
+        self.begin = self.mark()
+
+    def zero_events(self) -> dict[str, list[str]]:
+        """Flood-entry events since start(), up to a fresh mark, per host with any."""
+        end = self.mark()
+        out = {}
+        for h, proc in self.procs.items():
+            lines = proc.log().splitlines()[self.begin[h] : end[h]]
+            hits = [line for line in lines if ZERO in line]
+            if hits:
+                out[h.name] = hits
+        return out
+
+
+def observe(seconds: float, still: Callable[[], None]) -> None:
+    """An observation window: ``seconds`` long, checking ``still()`` as it goes (a window
+    in which something must not happen, not a wait for something to happen)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        still()
+        time.sleep(min(0.1, left))
+    still()
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+def test_broadcast_reaches_every_other_host_and_unicast_works(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=4, vnis=[100])
+    ov = Overlay(lab, run_in_ns, tmp_path)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+    assert_floods(lab, 100, lab.hosts)
+    h1, h2, h3, h4 = lab.hosts
+    for a, b in ((h1, h2), (h3, h4), (h4, h1)):
+        assert unicast_works(lab, 100, a, b), f"no echo reply from {b.name} to {a.name}"
+    # vxrd's own view agrees with the kernel
+    peers = json.loads(ov.ctl(h1, "peers", "100").stdout)
+    assert [p["vni"] for p in peers] == [100]
+    assert peers[0]["members"] == sorted(h.underlay for h in lab.hosts)
+    assert peers[0]["devices"][0]["flood"] == sorted(h.underlay for h in (h2, h3, h4))
