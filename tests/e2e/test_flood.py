@@ -13,7 +13,7 @@ observation windows in which something must *not* happen.
 from __future__ import annotations
 
 import json
-import signal
+import select
 import socket
 import subprocess
 import sys
@@ -26,7 +26,7 @@ import pytest
 
 from contrib.lab import Lab
 from contrib.lab.probe import broadcast_reaches, broadcast_receipts, unicast_works
-from contrib.lab.topology import Host
+from contrib.lab.topology import VXLAN_PORT, Host
 from tests.e2e.conftest import Proc, RunInNs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -98,7 +98,7 @@ class Overlay:
         proc = self.run_in_ns(host.name, argv, name=f"vxrd-{host.name}")
         self.vxrd[host] = proc
         if wait:
-            wait_until(lambda: self._answers(host), timeout=START, what=f"vxrd on {host.name}")
+            self.wait_answers(host)
         return proc
 
     def _answers(self, host: Host) -> bool:
@@ -113,7 +113,10 @@ class Overlay:
         for h in hosts:
             self.start_vxrd(h, wait=False)
         for h in hosts:
-            wait_until(lambda h=h: self._answers(h), timeout=START, what=f"vxrd on {h.name}")
+            self.wait_answers(h)
+
+    def wait_answers(self, host: Host) -> None:
+        wait_until(lambda: self._answers(host), timeout=START, what=f"vxrd on {host.name}")
 
     def ctl(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``vxrdctl --socket <host's socket> --json ARGS`` from the root namespace."""
@@ -193,6 +196,8 @@ class FdbWatch:
             for h in self.hosts
         }
         self.marks = 0
+        self._end = f"Deleted {SENTINEL_MAC} "
+        self._end = f"Deleted {SENTINEL_MAC} "
         self.begin: dict[Host, int] = {}
         self.mark()
 
@@ -207,15 +212,13 @@ class FdbWatch:
             self._sentinel(h, "add")
             self._sentinel(h, "del")
 
-        def seen() -> dict[Host, int] | None:
-            at = {}
+        def seen() -> dict[Host, int]:
+            at: dict[Host, int] = {}
             for h, proc in self.procs.items():
                 lines = proc.log().splitlines()
-                ends = [
-                    i for i, line in enumerate(lines) if line.startswith(f"Deleted {SENTINEL_MAC}")
-                ]
+                ends = [i for i, line in enumerate(lines) if line.startswith(self._end)]
                 if len(ends) < self.marks:
-                    return None
+                    return {}
                 at[h] = ends[self.marks - 1] + 1
             return at
 
@@ -234,6 +237,54 @@ class FdbWatch:
             if hits:
                 out[h.name] = hits
         return out
+
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+
+def vxlan_arrivals(host: Host, action: Callable[[], object], settle: float = 0.2) -> list[str]:
+    """Run ``action`` while capturing on ``host``'s underlay port (AF_PACKET on ul0);
+    return the source address of each VXLAN datagram (UDP to 4789) that arrived there.
+
+    Seen below the vxlan driver, so it works whether or not the host has a vxlan device.
+    """
+    sock = host.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sources: list[str] = []
+    try:
+        sock.bind(("ul0", ETH_P_ALL))
+        action()
+        end = time.monotonic() + settle
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready:
+                continue
+            packet, addr = sock.recvfrom(65535)
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            src = _vxlan_source(packet, addr[1])
+            if src is not None:
+                sources.append(src)
+    finally:
+        sock.close()
+    return sources
+
+
+def _vxlan_source(packet: bytes, ethertype: int) -> str | None:
+    if ethertype == 0x0800 and len(packet) >= 20:
+        ihl = (packet[0] & 0x0F) * 4
+        proto, src, udp = packet[9], packet[12:16], packet[ihl:]
+        family = socket.AF_INET
+    elif ethertype == 0x86DD and len(packet) >= 40:
+        proto, src, udp = packet[6], packet[8:24], packet[40:]  # no extension headers here
+        family = socket.AF_INET6
+    else:
+        return None
+    if proto != socket.IPPROTO_UDP or len(udp) < 8:
+        return None
+    if int.from_bytes(udp[2:4], "big") != VXLAN_PORT:
+        return None
+    return socket.inet_ntop(family, src)
 
 
 def observe(seconds: float, still: Callable[[], None]) -> None:
@@ -265,3 +316,43 @@ def test_broadcast_reaches_every_other_host_and_unicast_works(
     assert [p["vni"] for p in peers] == [100]
     assert peers[0]["members"] == sorted(h.underlay for h in lab.hosts)
     assert peers[0]["devices"][0]["flood"] == sorted(h.underlay for h in (h2, h3, h4))
+
+
+def test_join_and_leave_reach_every_host(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    h4 = lab.add_host(vnis=[])  # a host with vxrd running but no vxlan device yet
+    ov = Overlay(lab, run_in_ns, tmp_path)
+    ov.start()
+    wait_mesh(lab, 100, [h1, h2, h3])
+
+    # join: a new vxlan device comes up on a host whose vxrd already runs
+    started = time.monotonic()
+    lab.add_vni(h4, 100)
+    wait_mesh(lab, 100, [h1, h2, h3, h4], timeout=CONVERGE)
+    print(f"device join converged on 4 hosts in {time.monotonic() - started:.3f}s")
+    assert_floods(lab, 100, [h1, h2, h3, h4])  # broadcasts now arrive at (and from) h4
+    assert vxlan_arrivals(h4, lambda: broadcast_reaches(lab, 100, h1, [h2, h3])) != []
+
+    # join: a new host whose vxlan device exists before its vxrd starts
+    h5 = lab.add_host()
+    ov.start_vxrd(h5)
+    wait_mesh(lab, 100, [h1, h2, h3, h4, h5], timeout=CONVERGE)
+    assert_floods(lab, 100, [h1, h2, h3, h4, h5])
+
+    # leave: h4's device is deleted
+    started = time.monotonic()
+    lab.del_vni(h4, 100)
+    wait_mesh(lab, 100, [h1, h2, h3, h5], timeout=CONVERGE)
+    print(f"device leave converged on 4 hosts in {time.monotonic() - started:.3f}s")
+    for sender in (h1, h2, h5):
+
+        def send(sender: Host = sender) -> None:
+            broadcast_receipts(lab, 100, sender, others([h1, h2, h3, h5], sender), timeout=NEGATIVE)
+
+        arrived = vxlan_arrivals(h4, send)
+        assert arrived == [], f"{sender.name} still floods to the leaver h4: {arrived}"
+    assert_floods(lab, 100, [h1, h2, h3, h5])
+    assert ov.vxrd[h4].alive
