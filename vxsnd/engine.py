@@ -42,6 +42,8 @@ from vxsnd.stamp import Stamped
 
 log = logging.getLogger("vxsnd.engine")
 
+ACK_FLUSH = 1.0  # seconds an ack may wait to be written when nothing else is
+
 PeerAddr = tuple[str, int]  # (host, port) as given by the socket (v6 may carry more)
 
 
@@ -116,6 +118,7 @@ class Engine:
         self.codec = codec
         self.settings = settings
         self.metrics = metrics
+        self._clock = wall_clock
         self.seq = Sequencer(settings.server_id, clock=wall_clock)
         self.replay = ReplayGuard(settings.replay_window)
         self.assembler = Assembler()
@@ -130,6 +133,11 @@ class Engine:
         self._snap: dict[int, tuple[int, list[Stamped]]] = {}
         self._delta: dict[tuple[int, int, int], list[Stamped] | None] = {}
         self._member_count: dict[int, int] = {}
+        self._acks_since = 0.0
+        self.rtt = push.RttEstimator()
+        self._pushes = {k: metrics.pushes.labels(kind=k) for k in ("delta", "snapshot")}
+        self._sent = metrics.datagrams_sent
+        self._latency = metrics.push_ack_latency
         self._rlog = RateLimitedLog(log)
 
     async def start(self) -> None:
@@ -239,10 +247,14 @@ class Engine:
                 continue
             if gen > node.applied.get(vni, 0):
                 node.applied[vni] = gen
+                if not self._batch.acks:
+                    self._acks_since = now
                 self._batch.ack(node.node_id, vni, gen)
             inflight = node.inflight.get(vni)
             if inflight is not None and inflight.acked_by(gen):
-                self.metrics.push_ack_latency.observe(max(0.0, now - inflight.first_sent))
+                self._latency.observe(max(0.0, now - inflight.first_sent))
+                if inflight.attempt == 0:
+                    self.rtt.sample(max(0.0, now - inflight.sent))
                 del node.inflight[vni]
             if push.follow_up(node.inflight.get(vni), gen, self.generations.get(vni, 0)):
                 self._dirty.add((node.node_id, vni))
@@ -250,11 +262,22 @@ class Engine:
 
     # ------------------------------------------------------------ batch and pushes
 
-    def has_work(self) -> bool:
-        return bool(self._batch) or bool(self._dirty)
+    def has_work(self, now: float | None = None) -> bool:
+        """Anything to do now? Acks alone wait up to ACK_FLUSH (they only record what
+        nodes applied; pushes never wait for them to be written)."""
+        b = self._batch
+        if b.node_ops or b.sweep or b.static_ops or self._dirty:
+            return True
+        if not b.acks:
+            return False
+        return now is None or now - self._acks_since >= ACK_FLUSH
 
     def next_timer(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        due = self._timers[0][0] if self._timers else None
+        if self._batch.acks:
+            flush = self._acks_since + ACK_FLUSH
+            due = flush if due is None else min(due, flush)
+        return due
 
     def request_sweep(self) -> None:
         self._batch.expire()
@@ -279,6 +302,15 @@ class Engine:
         out: list[Outgoing] = []
         await self._push_dirty(now, out)
         await self._retransmit(now, out)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "step: %d node ops, %d acks, sweep %s; %d datagrams out; %.1f ms",
+                len(batch.node_ops),
+                len(batch.acks),
+                batch.sweep,
+                len(out),
+                (self._clock() - now) * 1000,
+            )
         return out
 
     def _requeue(self, failed: store.Batch, pending: dict[str, _Pending]) -> None:
@@ -412,13 +444,15 @@ class Engine:
         kind = "snapshot" if parts[0].message.base is None else "delta"
         for part in parts:
             out.append((part.stamp(self.seq.next()), node.addr, node.via))
-        self.metrics.pushes.labels(kind=kind).inc()
-        self.metrics.datagrams_sent.inc(len(parts))
+        self._pushes[kind].inc()
+        self._sent.inc(len(parts))
         backoff = self.settings.retransmit
+        sent = self._clock()  # planning a storm takes a while: time from the real send
+        rto = self.rtt.rto()
         if inflight is None:
-            inflight = node.inflight[vni] = InFlight.start(plan.generation, now, backoff)
+            inflight = node.inflight[vni] = InFlight.start(plan.generation, sent, backoff, rto)
         else:
-            inflight.resent(plan.generation, now, backoff)
+            inflight.resent(plan.generation, sent, backoff, rto)
         heapq.heappush(self._timers, (inflight.due, node.node_id, vni))
 
     async def _parts(self, plan: Plan) -> list[Stamped]:

@@ -102,11 +102,33 @@ class Backoff:
         if not 0 < self.initial <= self.maximum:
             raise ValueError("retransmit back-off needs 0 < initial <= maximum")
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait for an ack of the push numbered `attempt` (0 = first send)."""
+    def delay(self, attempt: int, rto: float = 0.0) -> float:
+        """Seconds to wait for an ack of the push numbered `attempt` (0 = first send);
+        `rto` (a measured round-trip timeout) raises the start when above `initial`."""
         if attempt >= 64:
             return self.maximum
-        return float(min(self.initial * (2**attempt), self.maximum))
+        return float(min(max(self.initial, rto) * (2**attempt), self.maximum))
+
+
+@dataclass(slots=True)
+class RttEstimator:
+    """Smoothed push-to-ack round trip (RFC 6298 style) so that a loaded daemon does
+    not retransmit pushes whose acks are merely queued. Feed only samples from
+    pushes that were not retransmitted (Karn)."""
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def rto(self) -> float:
+        """0 until a sample arrives (the configured initial value then rules)."""
+        return 0.0 if self.srtt is None else self.srtt + 4 * self.rttvar
 
 
 @dataclass(slots=True)
@@ -120,15 +142,15 @@ class InFlight:
     due: float  # when to retransmit if still unacked
 
     @classmethod
-    def start(cls, generation: int, now: float, backoff: Backoff) -> InFlight:
-        return cls(generation, now, now, 0, now + backoff.delay(0))
+    def start(cls, generation: int, now: float, backoff: Backoff, rto: float = 0.0) -> InFlight:
+        return cls(generation, now, now, 0, now + backoff.delay(0, rto))
 
-    def resent(self, generation: int, now: float, backoff: Backoff) -> None:
+    def resent(self, generation: int, now: float, backoff: Backoff, rto: float = 0.0) -> None:
         """Record a retransmit (re-planned at `generation`)."""
         self.attempt += 1
         self.generation = generation
         self.sent = now
-        self.due = now + backoff.delay(self.attempt)
+        self.due = now + backoff.delay(self.attempt, rto)
 
     def acked_by(self, generation: int) -> bool:
         return generation >= self.generation

@@ -160,13 +160,15 @@ class Server:
         engine = self.engine
         while True:
             timer = engine.next_timer()
-            if not engine.has_work():
+            if not engine.has_work(self.clock()):
                 timeout = None if timer is None else max(0.0, timer - self.clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
             if engine.has_work() and self.batch_window > 0:
                 await asyncio.sleep(self.batch_window)
             self._wake.clear()
+            # acks waiting in the queue must be seen before retransmit timers are judged
+            self._feed_queued()
             try:
                 out = await engine.step(self.clock())
             except Exception:

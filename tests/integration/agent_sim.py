@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import Any, cast
 
 import msgpack
 
@@ -39,28 +39,37 @@ from schema.wire import (
 )
 
 Addr = tuple[str, int]
-_ADDR_CACHE: dict[bytes, Address] = {}
 
 
-def fast_decode(data: bytes) -> Membership | None:
-    """Unsigned membership datagrams only; None for anything else."""
+@dataclass(frozen=True, slots=True)
+class RawMembership:
+    """A membership whose addresses stay packed bytes (fast mode)."""
+
+    registry: str
+    vni: int
+    generation: int
+    base: int | None
+    add: tuple[bytes, ...]
+    remove: tuple[bytes, ...]
+    part: int
+    parts: int
+
+
+_VALID: set[bytes] = set()
+
+
+def fast_decode(data: bytes) -> RawMembership | None:
+    """Unsigned membership datagrams only (None for anything else); addresses stay
+    packed, each distinct one validated once."""
     if len(data) < HEADER.size or data[:2] != b"VF" or data[3] != Membership.TYPE or data[4]:
         return None
     b = msgpack.unpackb(data[HEADER.size :], raw=False)
-
-    def addrs(items: list[bytes]) -> tuple[Address, ...]:
-        out = []
-        for raw in items:
-            a = _ADDR_CACHE.get(raw)
-            if a is None:
-                a = _ADDR_CACHE[raw] = vtep_from_packed(raw)
-            out.append(a)
-        return tuple(out)
-
-    env = Envelope(b["s"], b["i"], b["q"], b["t"])
-    return Membership(
-        env, b["r"], b["x"], b["g"], b.get("b"), addrs(b["a"]), addrs(b["d"]), b["p"], b["n"]
-    )
+    add, remove = tuple(b["a"]), tuple(b["d"])
+    for raw in add + remove:
+        if raw not in _VALID:
+            vtep_from_packed(raw)
+            _VALID.add(raw)
+    return RawMembership(b["r"], b["x"], b["g"], b.get("b"), add, remove, b["p"], b["n"])
 
 
 @dataclass
@@ -76,7 +85,7 @@ class Stats:
 @dataclass
 class _Parts:
     parts: int
-    got: dict[int, Membership] = field(default_factory=dict)
+    got: dict[int, Membership | RawMembership] = field(default_factory=dict)
 
 
 class Agent(asyncio.DatagramProtocol):
@@ -105,13 +114,14 @@ class Agent(asyncio.DatagramProtocol):
         self.on_change = on_change
         self.vnis: dict[int, Address] = {}
         self.registry = ""
-        self.members: dict[int, set[Address]] = {}
         self.applied: dict[int, int] = {}
         self.round = 0
         self.stats = Stats()
         self.changed = asyncio.Event()
         self.transport: asyncio.DatagramTransport | None = None
         self._parts: dict[tuple[int, int, int | None], _Parts] = {}
+        # members per VNI: Address objects, or packed bytes in fast mode
+        self.members: dict[int, set[Any]] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -185,16 +195,16 @@ class Agent(asyncio.DatagramProtocol):
             return
         self.stats.received += 1
         try:
-            msg = fast_decode(data) if self.fast else self.codec.decode(data)
+            msg: object = fast_decode(data) if self.fast else self.codec.decode(data)
         except (Rejected, ValueError, KeyError, TypeError):
             self.stats.rejected += 1
             return
-        if not isinstance(msg, Membership):
+        if not isinstance(msg, Membership | RawMembership):
             self.stats.rejected += 1
             return
         self._membership(msg)
 
-    def _membership(self, m: Membership) -> None:
+    def _membership(self, m: Membership | RawMembership) -> None:
         if m.registry != self.registry:  # a (new) registry: start over
             self.registry = m.registry
             self.members.clear()
@@ -239,9 +249,11 @@ class Agent(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------ waiting
 
-    def peers(self, vni: int) -> set[Address]:
+    def peers(self, vni: int) -> set[Any]:
         """Members of `vni` other than this agent's own VTEP (what vxrd programs)."""
-        return self.members.get(vni, set()) - {self.vnis.get(vni)}  # type: ignore[arg-type]
+        own = self.vnis.get(vni)
+        mine = {own.packed if self.fast else own} if own is not None else set()
+        return self.members.get(vni, set()) - mine
 
 
 async def wait_until(

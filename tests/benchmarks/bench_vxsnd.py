@@ -1,0 +1,254 @@
+"""vxsnd under a registration storm: `python -m tests.benchmarks.bench_vxsnd`.
+
+Each scenario starts a fresh `python -m vxsnd` process on 127.0.0.1 with a new
+SQLite registry in a temporary directory. The simulated agents
+(tests/integration/agent_sim.py, one UDP socket each) live in this process and
+all register at once; the clock stops when every agent holds the full member
+set of every VNI it serves (it has applied and acked the final generation).
+
+Printed per scenario: time to convergence, datagrams each way (as counted by
+the agents), vxsnd CPU seconds used during the scenario (/proc/PID/stat
+utime+stime) and its peak RSS (/proc/PID/status VmHWM).
+
+The agents decode with agent_sim.fast_decode (see there) so that thousands of
+simulated agents in one Python process measure vxsnd rather than the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration.agent_sim import Agent
+
+GOALS = {"a": 2.0, "b": 10.0}
+RSS_GOAL_MB = 300
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """`agents` agents, each in `per_agent` VNIs out of a pool of `pool` VNIs:
+    agent i serves VNIs (i + 7k) mod pool for k < per_agent, so with pool 100
+    and 10 VNIs each, every VNI has agents * 10 / 100 members."""
+
+    key: str
+    agents: int
+    per_agent: int
+    pool: int
+
+    @property
+    def label(self) -> str:
+        if self.pool == self.per_agent:
+            return f"{self.agents} x {self.per_agent} shared VNI{'s' * (self.per_agent > 1)}"
+        return f"{self.agents} x {self.per_agent} of {self.pool} VNIs"
+
+    def vnis_of(self, i: int) -> list[int]:
+        if self.pool == self.per_agent:
+            return [1000 + k for k in range(self.pool)]
+        return sorted({1000 + (i + 7 * k) % self.pool for k in range(self.per_agent)})
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    seconds: float
+    to_vxsnd: int
+    from_vxsnd: int
+    cpu: float
+    rss_mb: float
+    converged: bool
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of the line)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def vtep(i: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(0x0A000000 + i + 1)  # 10.0.0.1, 10.0.0.2, ...
+
+
+async def start_vxsnd(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    log = workdir / "vxsnd.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vxsnd",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--db",
+        f"sqlite+aiosqlite:///{workdir / 'registry.db'}",
+        "--server-id",
+        "bench",
+        "--log-level",
+        os.environ.get("BENCH_VXSND_LOG", "INFO"),
+    ]
+    with log.open("wb") as fh:  # started once per scenario, before the clock runs
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh)  # noqa: ASYNC220
+    deadline = time.monotonic() + 30
+    while b"vxsnd ready" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"vxsnd did not start:\n{log.read_text()}")
+        await asyncio.sleep(0.02)
+    return proc, log
+
+
+async def run_scenario(sc: Scenario, limit: float) -> Result:
+    with tempfile.TemporaryDirectory(prefix="vxsnd-bench-") as tmp:
+        port = free_port()
+        proc, log = await start_vxsnd(Path(tmp), port)
+        try:
+            return await _drive(sc, proc, port, limit)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, None):
+                print(f"vxsnd exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+
+
+async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float) -> Result:
+    serves = [sc.vnis_of(i) for i in range(sc.agents)]
+    expect: dict[int, set[bytes]] = {}
+    for i, vs in enumerate(serves):
+        for v in vs:
+            expect.setdefault(v, set()).add(vtep(i).packed)  # fast agents keep packed bytes
+    want = {v: len(m) for v, m in expect.items()}
+    pending = set(range(sc.agents))
+    done = asyncio.Event()
+    agents: list[Agent] = []
+
+    def checker(i: int) -> None:
+        a = agents[i]
+        if i in pending and all(len(a.members.get(v, ())) == want[v] for v in serves[i]):
+            pending.discard(i)
+            if not pending:
+                done.set()
+
+    for i in range(sc.agents):
+        agents.append(
+            await Agent.create(
+                f"bench-{i}",
+                ("127.0.0.1", port),
+                fast=True,
+                hold_time=600,
+                on_change=lambda i=i: checker(i),  # type: ignore[misc]
+            )
+        )
+    cpu0 = cpu_seconds(proc.pid)
+    start = time.perf_counter()
+    for i, a in enumerate(agents):
+        a.register(dict.fromkeys(serves[i], vtep(i)))
+    converged = True
+    try:
+        await asyncio.wait_for(done.wait(), limit)
+    except TimeoutError:
+        converged = False
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(proc.pid) - cpu0
+    if converged:
+        assert all(a.members[v] == expect[v] for i, a in enumerate(agents) for v in serves[i])
+    result = Result(
+        sc,
+        seconds,
+        sum(a.stats.sent for a in agents),
+        sum(a.stats.received for a in agents),
+        cpu,
+        peak_rss_mb(proc.pid),
+        converged,
+    )
+    for a in agents:
+        a.close()
+    return result
+
+
+def table(results: list[Result], baseline: Result | None) -> str:
+    head = (
+        f"{'scenario':<24} {'converged':>10} {'vs base':>8} {'to vxsnd':>9} "
+        f"{'from vxsnd':>10} {'cpu s':>7} {'peak RSS':>9}  goal"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        t = f"{r.seconds:.2f} s" if r.converged else f">{r.seconds:.0f} s"
+        ratio = f"{r.seconds / baseline.seconds:.1f}x" if baseline and baseline.seconds else "-"
+        goal = GOALS.get(r.scenario.key)
+        verdict = "-"
+        if goal is not None:
+            ok = r.converged and r.seconds < goal and r.rss_mb < RSS_GOAL_MB
+            verdict = f"<{goal:g} s, <{RSS_GOAL_MB} MB: {'met' if ok else 'MISSED'}"
+        lines.append(
+            f"{r.scenario.label:<24} {t:>10} {ratio:>8} {r.to_vxsnd:>9} {r.from_vxsnd:>10} "
+            f"{r.cpu:>7.2f} {r.rss_mb:>6.0f} MB  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace) -> list[Result]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.agents_b + 256
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
+    scenarios = [
+        Scenario("base", args.baseline, 1, 1),
+        Scenario("a", args.agents_a, 1, 1),
+        Scenario("b", args.agents_b, 10, args.pool),
+    ]
+    if args.shared:
+        scenarios.append(Scenario("shared", args.shared, 10, 10))
+    results = []
+    for sc in scenarios:
+        r = await run_scenario(sc, args.timeout)
+        print(f"  {sc.label}: {r.seconds:.2f} s", file=sys.stderr)
+        results.append(r)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_vxsnd", description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", type=int, default=100, help="agents in the baseline row")
+    p.add_argument("--agents-a", type=int, default=1000, help="agents in one VNI")
+    p.add_argument("--agents-b", type=int, default=2000, help="agents in 10 VNIs each")
+    p.add_argument("--pool", type=int, default=100, help="VNIs the 10 per agent come from")
+    p.add_argument(
+        "--shared",
+        type=int,
+        default=0,
+        help="also run N agents all in the same 10 VNIs (default: off)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
+    args = p.parse_args(argv)
+    results = asyncio.run(amain(args))
+    print(table(results, results[0]))
+    return 0 if all(r.converged for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
