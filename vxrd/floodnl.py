@@ -12,62 +12,40 @@ when more than a few hundred requests are in flight; here a bounded window of
 requests per send, with a receive buffer that holds all their ACKs, means no
 ACK is ever dropped, and a silent kernel ends in a timeout, not a hang.
 
-Namespaces are entered with libc setns() just for socket() (Python 3.11 has
-no os.setns).
+Sockets are created inside the requested network namespace by pyroute2's
+netns.create_socket() (a forked child enters the namespace and passes the
+socket back), with flags=0 so that a missing namespace is never created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import NamedTuple
+
+from pyroute2 import netns as pr_netns
 
 from vxrd.reconcile import Address
 
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
+# linux/netlink.h, rtnetlink.h, neighbour.h
+NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1
+NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
 SO_RCVBUFFORCE = 33  # not exported by Python's socket module
-
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLMSG_OVERRUN = 4
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
-NLM_F_CREATE = 0x400
-NLM_F_APPEND = 0x800
+NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x4, 0x10, 0x300
+NLM_F_CREATE, NLM_F_APPEND = 0x400, 0x800
 NLM_F_CAPPED = 0x100  # on NLMSG_ERROR: original payload not echoed
 NLM_F_ACK_TLVS = 0x200  # on NLMSG_ERROR: extended-ack TLVs follow
 NLMSGERR_ATTR_MSG = 1
-
-RTM_NEWNEIGH = 28
-RTM_DELNEIGH = 29
-RTM_GETNEIGH = 30
-RTNLGRP_NEIGH = 3
-
-AF_BRIDGE = 7
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-NDA_DST = 1
-NDA_LLADDR = 2
-NDA_CACHEINFO = 3
-NDA_PORT = 6
-NDA_VNI = 7
-NDA_IFINDEX = 8
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
-CLONE_NEWNET = 0x40000000
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH, RTNLGRP_NEIGH = 28, 29, 30, 3
+AF_BRIDGE, NUD_PERMANENT, NTF_SELF = 7, 0x80, 0x02
+NDA_DST, NDA_LLADDR, NDA_CACHEINFO, NDA_PORT, NDA_VNI, NDA_IFINDEX = 1, 2, 3, 6, 7, 8
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NDMSG = struct.Struct("=BBHiHBB")  # family, pad1, pad2, ifindex, state, flags, type
@@ -93,10 +71,17 @@ RCVBUF = 8 << 20  # request socket: window of ACKs plus 32 KiB dump chunks
 RECV_SIZE = 1 << 16
 ADDR_CACHE_MAX = 1 << 20  # interned dump addresses; cleared when full
 ACK_TIMEOUT = 10.0  # seconds without progress before outstanding requests fail
+EVENT_BATCH = 8192  # notifications read (and collapsed) before yielding
 
 
 class KernelError(OSError):
     """A netlink request (not a single fdb entry) failed as a whole."""
+
+
+class Lost(NamedTuple):
+    """Neighbour notifications were lost; the reader must rescan."""
+
+    reason: str
 
 
 class FloodOp(NamedTuple):
@@ -108,17 +93,6 @@ class FloodOp(NamedTuple):
 
 
 # --- message helpers ------------------------------------------------------------
-
-
-def attrs(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """Yield (type, value start, value end) of the netlink attributes in data[start:end]."""
-    unpack = _NLATTR.unpack_from
-    while start + 4 <= end:
-        alen, atype = unpack(data, start)
-        if alen < 4:
-            return
-        yield atype & NLA_TYPE_MASK, start + 4, start + alen
-        start += (alen + 3) & ~3
 
 
 def address(raw: bytes) -> Address | None:
@@ -186,49 +160,30 @@ def error_text(buf: bytes, mflags: int, payload: int, end: int) -> str:
     if not mflags & NLM_F_CAPPED:
         orig_len = _U32.unpack_from(buf, payload + 4)[0]
         tlv = payload + 4 + ((orig_len + 3) & ~3)
-    for atype, s, e in attrs(buf, tlv, end):
-        if atype == NLMSGERR_ATTR_MSG:
-            return buf[s:e].rstrip(b"\0").decode(errors="replace")
+    while tlv + 4 <= end:
+        alen, atype = _NLATTR.unpack_from(buf, tlv)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == NLMSGERR_ATTR_MSG:  # type without NLA_F_* bits
+            return buf[tlv + 4 : tlv + alen].rstrip(b"\0").decode(errors="replace")
+        tlv += (alen + 3) & ~3
     return ""
 
 
 # --- sockets ----------------------------------------------------------------------
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _setns(fd: int) -> None:
-    """Move the calling thread to the network namespace open at fd."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def netlink_socket(netns: str | None, rcvbuf: int, groups: Iterable[int] = ()) -> socket.socket:
     """A non-blocking NETLINK_ROUTE socket, created inside netns when given.
 
-    A socket stays in the namespace it was created in, so we enter the namespace
-    just for socket() and return at once; nothing awaits in between.
+    netns is a name under /run/netns or a path. pyroute2 creates the socket in
+    a short-lived child that enters the namespace (a socket stays in the
+    namespace it was created in); flags=0: a missing namespace is an error
+    (FileNotFoundError), never created.
     """
-    if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    else:
-        path = netns if "/" in netns else f"/run/netns/{netns}"
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            finally:
-                _setns(home)
-        finally:
-            os.close(target)
-            os.close(home)
+    sock: socket.socket = pr_netns.create_socket(
+        netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0
+    )
     try:
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
@@ -356,52 +311,26 @@ class FloodNetlink:
                 hdr = _NLMSGHDR.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
                 ch.send(hdr + body)
                 chunks: list[bytes] = []
-                interrupted = False
-                done = False
+                interrupted = done = False
                 while not done:
                     buf = await ch.recv()
                     keep = False
                     for t, fl, s, p, _e in iter_messages(buf):
                         if s != seq:
                             continue
-                        if t == NLMSG_DONE:
-                            done = True
-                            if fl & NLM_F_DUMP_INTR:
-                                interrupted = True
-                            break
                         if t == NLMSG_ERROR:
                             code = -_I32.unpack_from(buf, p)[0]
                             raise KernelError(code, f"dump failed: {os.strerror(code)}")
+                        interrupted |= bool(fl & NLM_F_DUMP_INTR)
+                        if t == NLMSG_DONE:
+                            done = True
+                            break
                         keep = True
-                        if fl & NLM_F_DUMP_INTR:
-                            interrupted = True
                     if keep:
                         chunks.append(buf)
                 if not interrupted:
                     return chunks
             return chunks
-
-    async def request(self, mtype: int, flags: int, body: bytes) -> list[bytes]:
-        """One non-dump request; returns the datagrams carrying answers for it."""
-        ch = self._channel()
-        async with self._lock:
-            seq = self._seq_block(1)
-            hdr = _NLMSGHDR.pack(16 + len(body), mtype, NLM_F_REQUEST | flags, seq, 0)
-            ch.send(hdr + body)
-            out: list[bytes] = []
-            while True:
-                buf = await ch.recv()
-                for t, fl, s, p, e in iter_messages(buf):
-                    if s != seq:
-                        continue
-                    if t == NLMSG_ERROR:
-                        code = -_I32.unpack_from(buf, p)[0]
-                        if code:
-                            raise KernelError(code, error_text(buf, fl, p, e) or os.strerror(code))
-                        return out
-                    out.append(buf[p - 16 : e])
-                    if not flags & NLM_F_ACK:
-                        return out
 
     def _intern(self, raw: bytes) -> Address | None:
         """Address objects are costly to build; a dump repeats the same peers."""
@@ -541,3 +470,57 @@ class FloodNetlink:
                         texts[k] = error_text(buf, mflags, pos + 16, pos + mlen)
                 pos += (mlen + 3) & ~3
         return codes, texts
+
+
+# --- notifications ----------------------------------------------------------------
+
+
+class FloodWatch:
+    """A socket subscribed to neighbour notifications, reporting flood-entry changes.
+
+    Bound in open(), before the caller's first dump, so that no change between
+    that dump and the first read is lost (bind -> dump -> stream).
+    """
+
+    def __init__(self, netns: str | None, rcvbuf: int) -> None:
+        self._ch = Channel(netlink_socket(netns, rcvbuf, (RTNLGRP_NEIGH,)))
+
+    def close(self) -> None:
+        """A running changes() iterator ends."""
+        self._ch.close()
+
+    async def changes(self) -> AsyncIterator[list[int | Lost]]:
+        """Batches of ifindexes whose flood entries changed, in kernel order.
+
+        Everything already queued is read at once and repeats collapse: a bulk
+        write of 10k entries on one device becomes a few entries, not 10k. On
+        ENOBUFS notifications were lost: a Lost is reported and reading goes on.
+        """
+        ch = self._ch
+        while not ch.closed:
+            batch: list[int | Lost] = []
+            seen: set[int] = set()
+            for _ in range(EVENT_BATCH):
+                try:
+                    buf = ch.recv_nowait()
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    batch.append(Lost("netlink neighbour notifications lost (ENOBUFS)"))
+                    seen.clear()
+                    continue
+                if buf is None:
+                    break
+                for t, _fl, _s, p, e in iter_messages(buf):
+                    if t in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                        hit = flood_entry(buf, p, e)
+                        if hit is not None and hit[0] not in seen:
+                            seen.add(hit[0])
+                            batch.append(hit[0])
+                    elif t == NLMSG_OVERRUN:
+                        batch.append(Lost("netlink overrun"))
+                        seen.clear()
+            if batch:
+                yield batch
+            else:
+                await ch.readable()

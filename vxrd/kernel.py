@@ -1,41 +1,36 @@
 """The host agent's kernel layer: VXLAN discovery, flood lists, change events.
 
-The hand-packed netlink for the flood entries (the measured hot path) lives in
-vxrd.floodnl. Link messages are parsed here because pyroute2 0.9.7's VXLAN
-attribute map stops before IFLA_VXLAN_VNIFILTER.
+Links are pyroute2's job: VXLAN devices are dumped and read with
+pyroute2.AsyncIPRoute and parsed from its ifinfmsg, and link notifications come
+from a second AsyncIPRoute bound to RTMGRP_LINK. The flood entries (all-zero
+fdb entries) are the measured hot path and go through the hand-packed netlink
+of vxrd.floodnl: windowed writes, the AF_BRIDGE dump, neighbour notifications.
 
-Sockets per Kernel, all created inside the requested network namespace: one
-for requests and dumps (vxrd.floodnl.FloodNetlink) and one subscribed to link
-and neighbour notifications. The event socket is bound in open(), before the
-caller's first dump, so no change between the dump and the first read of
-events() is lost (bind -> dump -> stream).
+Every socket is created inside the requested network namespace (a missing one
+is an error, never created). The notification sockets are bound in open(),
+before the caller's first dump, so no change between that dump and the first
+read of events() is lost (bind -> dump -> stream).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import ipaddress
 import socket
-import struct
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
-from vxrd.floodnl import (
-    NLMSG_OVERRUN,
-    RTM_DELNEIGH,
-    RTM_NEWNEIGH,
-    RTNLGRP_NEIGH,
-    Channel,
-    FloodOp,
-    KernelError,
-    address,
-    attrs,
-    flood_entry,
-    iter_messages,
-    netlink_socket,
-)
+from vxrd.floodnl import FloodOp, KernelError
 from vxrd.reconcile import Address, FloodDiff
 
 __all__ = [
@@ -53,35 +48,17 @@ __all__ = [
     "VxlanDevice",
 ]
 
-# --- link constants (linux/rtnetlink.h, if_link.h) ---
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-RTM_GETLINK = 18
-RTNLGRP_LINK = 1
 IFF_UP = 0x1
-IFLA_IFNAME = 3
-IFLA_OPERSTATE = 16
-IFLA_LINKINFO = 18
-IFLA_INFO_KIND = 1
-IFLA_INFO_DATA = 2
-IF_OPER_DOWN = 2
-IF_OPER_LOWERLAYERDOWN = 5
-IFLA_VXLAN_ID = 1
-IFLA_VXLAN_GROUP = 2
-IFLA_VXLAN_LOCAL = 4
-IFLA_VXLAN_PORT = 15
-IFLA_VXLAN_GROUP6 = 16
-IFLA_VXLAN_LOCAL6 = 17
-IFLA_VXLAN_COLLECT_METADATA = 25
-IFLA_VXLAN_VNIFILTER = 30
-
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_NLATTR = struct.Struct("=HH")
-_NLMSGHDR = struct.Struct("=IHHII")
-_U32 = struct.Struct("=I")
-
-EVENT_RCVBUF = 32 << 20  # event socket: absorbs our own bulk writes' notifications
-EVENT_BATCH = 8192  # notifications read (and collapsed) before yielding
+IFLA_VXLAN_VNIFILTER = 30  # not in pyroute2 0.9.7's vxlan attribute map
+LINK_RCVBUF = 4 << 20  # link notification socket
+EVENT_RCVBUF = 32 << 20  # fdb notification socket: absorbs our own bulk writes
+_LINK_ATTRS = frozenset(("IFLA_IFNAME", "IFLA_OPERSTATE", "IFLA_LINKINFO"))
+_INFO_ATTRS = frozenset(("IFLA_INFO_KIND", "IFLA_INFO_DATA"))
+_VXLAN_ATTRS = frozenset(
+    f"IFLA_VXLAN_{n}"
+    for n in ("ID", "LOCAL", "LOCAL6", "GROUP", "GROUP6", "PORT", "COLLECT_METADATA")
+)
+GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
 
 
 # --- data --------------------------------------------------------------------
@@ -162,58 +139,90 @@ KernelEvent = LinkChanged | LinkRemoved | FdbChanged | Resync
 # --- link messages ----------------------------------------------------------------
 
 
-def _parse_link(msg: bytes, off: int, end: int) -> tuple[int, str | None, VxlanDevice | None]:
-    """Parse an ifinfomsg at msg[off:end] -> (ifindex, kind, VxlanDevice if VXLAN)."""
-    _family, _type, ifindex, ifflags, _change = _IFINFOMSG.unpack_from(msg, off)
-    name = ""
-    operstate = 0
-    kind: str | None = None
-    data: tuple[int, int] | None = None
-    for atype, s, e in attrs(msg, off + _IFINFOMSG.size, end):
-        if atype == IFLA_IFNAME:
-            name = msg[s:e].rstrip(b"\0").decode(errors="replace")
-        elif atype == IFLA_OPERSTATE:
-            operstate = msg[s]
-        elif atype == IFLA_LINKINFO:
-            for itype, s2, e2 in attrs(msg, s, e):
-                if itype == IFLA_INFO_KIND:
-                    kind = msg[s2:e2].rstrip(b"\0").decode(errors="replace")
-                elif itype == IFLA_INFO_DATA:
-                    data = (s2, e2)
-    if kind != "vxlan":
-        return ifindex, kind, None
-    vni: int | None = None
-    local: Address | None = None
-    group: Address | None = None
-    port = 4789
-    external = vnifilter = False
-    if data is not None:
-        for vtype, s, e in attrs(msg, data[0], data[1]):
-            if vtype == IFLA_VXLAN_ID:
-                vni = _U32.unpack_from(msg, s)[0]
-            elif vtype in (IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6):
-                local = address(msg[s:e])
-            elif vtype in (IFLA_VXLAN_GROUP, IFLA_VXLAN_GROUP6):
-                group = address(msg[s:e])
-            elif vtype == IFLA_VXLAN_PORT:
-                port = int.from_bytes(msg[s:e], "big")
-            elif vtype == IFLA_VXLAN_COLLECT_METADATA:
-                external = bool(msg[s])
-            elif vtype == IFLA_VXLAN_VNIFILTER:
-                vnifilter = bool(msg[s])
-    up = bool(ifflags & IFF_UP) and operstate not in (IF_OPER_DOWN, IF_OPER_LOWERLAYERDOWN)
-    dev = VxlanDevice(
-        ifindex=ifindex,
-        name=name,
-        vni=None if external else vni,
-        local=local,
-        port=port,
-        group=group,
-        up=up,
+def _ip(value: object) -> Address | None:
+    """pyroute2's address string -> address; None when absent or unspecified."""
+    if not isinstance(value, str):
+        return None
+    a = ipaddress.ip_address(value)
+    return None if a.is_unspecified else a
+
+
+def _pick(msg: Any, names: frozenset[str]) -> dict[str, Any]:
+    """The values of the named attributes; pyroute2 decodes only those (lazily)."""
+    return {slot.name: slot.value for slot in msg["attrs"] if slot.name in names}
+
+
+def _device(msg: Any) -> VxlanDevice | None:
+    """A VxlanDevice from pyroute2's parsed ifinfmsg, None if the link is not VXLAN.
+
+    IFLA_LINKINFO -> IFLA_INFO_KIND 'vxlan' -> IFLA_INFO_DATA. pyroute2 decodes
+    attribute values lazily, on first access: only the attributes used here
+    are touched. pyroute2 0.9.7 does not know IFLA_VXLAN_VNIFILTER (type 30)
+    and keeps it as an UNKNOWN attribute with its raw header; its one-byte
+    value is read from the buffer pyroute2 keeps (data, offset). vnifilter
+    devices are always external (collect_metadata), which vxrd leaves alone
+    anyway; should a later pyroute2 stop exposing the raw attribute, vnifilter
+    reads False and nothing else changes.
+    """
+    top = _pick(msg, _LINK_ATTRS)
+    info = _pick(top["IFLA_LINKINFO"], _INFO_ATTRS) if "IFLA_LINKINFO" in top else {}
+    if info.get("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get("IFLA_INFO_DATA")
+    found: dict[str, Any] = {}
+    vnifilter = False
+    for slot in data["attrs"] if data is not None else ():
+        name = slot.name
+        if name in _VXLAN_ATTRS:
+            found[name] = slot.value
+        elif name == "UNKNOWN":
+            nla = slot.nla
+            if nla["header"]["type"] == IFLA_VXLAN_VNIFILTER and nla["header"]["length"] > 4:
+                vnifilter = bool(nla.data[nla.offset + 4])
+    external = bool(found.get("IFLA_VXLAN_COLLECT_METADATA"))
+    operstate = top.get("IFLA_OPERSTATE")
+    return VxlanDevice(
+        ifindex=msg["index"],
+        name=top.get("IFLA_IFNAME") or "",
+        vni=None if external else found.get("IFLA_VXLAN_ID"),
+        local=_ip(found.get("IFLA_VXLAN_LOCAL")) or _ip(found.get("IFLA_VXLAN_LOCAL6")),
+        port=found.get("IFLA_VXLAN_PORT", 4789),
+        group=_ip(found.get("IFLA_VXLAN_GROUP")) or _ip(found.get("IFLA_VXLAN_GROUP6")),
+        up=bool(msg["flags"] & IFF_UP) and operstate not in ("DOWN", "LOWERLAYERDOWN"),
         external=external,
         vnifilter=vnifilter,
     )
-    return ifindex, kind, dev
+
+
+def _link_event(msg: Any) -> KernelEvent | None:
+    """A link notification -> LinkChanged/LinkRemoved for VXLAN devices, else None."""
+    linkinfo = _pick(msg, _LINK_ATTRS).get("IFLA_LINKINFO")
+    if linkinfo is None or _pick(linkinfo, _INFO_ATTRS).get("IFLA_INFO_KIND") != "vxlan":
+        return None
+    event = msg.get("event")
+    if event == "RTM_NEWLINK":
+        return LinkChanged(msg["index"])
+    if event == "RTM_DELLINK":
+        return LinkRemoved(msg["index"])
+    return None
+
+
+async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
+    """An AsyncIPRoute inside netns (flags=0: never create it); bound to groups if any."""
+    ipr = AsyncIPRoute(netns=netns, flags=0, strict_check=True, groups=groups)
+    try:
+        if groups:
+            await ipr.bind()
+            try:
+                ipr.setsockopt(socket.SOL_SOCKET, floodnl.SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                ipr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        else:
+            await ipr.setup_endpoint()
+    except BaseException:
+        ipr.close()
+        raise
+    return ipr
 
 
 # --- the kernel layer -----------------------------------------------------------------
@@ -224,27 +233,37 @@ class Kernel:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._ipr: Any = None  # AsyncIPRoute: link requests
+        self._links: Any = None  # AsyncIPRoute bound to RTMGRP_LINK
         self._nl = floodnl.FloodNetlink(netns)
-        self._ev: Channel | None = None
+        self._fdb: floodnl.FloodWatch | None = None
+        self._streams: set[asyncio.Queue[KernelEvent | BaseException | None]] = set()
 
     async def open(self) -> None:
-        """Create the sockets; the event socket is bound here, before any dump."""
-        if self._ev is not None:
+        """Create the sockets; the notification sockets are bound here, before any dump."""
+        if self._ipr is not None:
             return
-        self._nl.open()
         try:
-            groups = (RTNLGRP_LINK, RTNLGRP_NEIGH)
-            self._ev = Channel(netlink_socket(self.netns, EVENT_RCVBUF, groups))
+            self._ipr = await _iproute(self.netns)
+            self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
+            self._nl.open()
+            self._fdb = floodnl.FloodWatch(self.netns, EVENT_RCVBUF)
         except BaseException:
-            self._nl.close()
+            await self.close()
             raise
 
     async def close(self) -> None:
         """Close the sockets; a running events() iterator ends."""
+        for ipr in (self._ipr, self._links):
+            if ipr is not None:
+                ipr.close()
+        self._ipr = self._links = None
         self._nl.close()
-        if self._ev is not None:
-            self._ev.close()
-        self._ev = None
+        if self._fdb is not None:
+            self._fdb.close()
+            self._fdb = None
+        for queue in self._streams:
+            queue.put_nowait(None)
 
     async def __aenter__(self) -> Kernel:
         await self.open()
@@ -258,54 +277,64 @@ class Kernel:
     ) -> None:
         await self.close()
 
+    def _req(self) -> Any:
+        if self._ipr is None:
+            raise KernelError(errno.EBADF, "Kernel is not open")
+        return self._ipr
+
     # -- links -------------------------------------------------------------------
 
     async def list_vxlan(self) -> list[VxlanDevice]:
-        """All VXLAN devices. The dump is filtered by kind in the kernel (strict
-        checking) and again here, for kernels that ignore the filter."""
-        kind = b"vxlan\0"
-        kind_attr = _NLATTR.pack(4 + len(kind), IFLA_INFO_KIND) + kind + b"\0\0"
-        linkinfo = _NLATTR.pack(4 + len(kind_attr), IFLA_LINKINFO) + kind_attr
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + linkinfo
+        """All VXLAN devices. The dump asks the kernel for kind vxlan only (strict
+        checking); the kind is checked again here, for kernels that ignore it."""
+        msg = ifinfmsg()
+        msg["family"] = 0
+        msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan")]})]
+        dump = await self._req().nlm_request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
         devices: list[VxlanDevice] = []
-        for buf in await self._nl.dump(RTM_GETLINK, body):
-            for t, _fl, _s, p, e in iter_messages(buf):
-                if t == RTM_NEWLINK:
-                    dev = _parse_link(buf, p, e)[2]
-                    if dev is not None:
-                        devices.append(dev)
+        try:
+            async for link in dump:
+                dev = _device(link)
+                if dev is not None:
+                    devices.append(dev)
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"link dump failed: {exc}") from exc
         return devices
 
     async def get_vxlan(self, ifindex: int) -> VxlanDevice | None:
         """The VXLAN device with this ifindex, or None if absent or not VXLAN."""
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0)
         try:
-            msgs = await self._nl.request(RTM_GETLINK, 0, body)
-        except KernelError as exc:
-            if exc.errno in (errno.ENODEV, errno.EINVAL):
+            links = await self._req().link("get", index=ifindex)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.EINVAL):
                 return None
-            raise
-        for m in msgs:
-            if _NLMSGHDR.unpack_from(m)[1] == RTM_NEWLINK:
-                return _parse_link(m, 16, len(m))[2]
+            raise KernelError(exc.code, f"link get failed: {exc}") from exc
+        for link in links:
+            dev = _device(link)
+            if dev is not None:
+                return dev
         return None
 
-    # -- flood entries ----------------------------------------------------------------
+    # -- flood entries (raw netlink: vxrd.floodnl) --------------------------------------
 
     async def flood_entries(self) -> dict[int, set[Address]]:
-        """All flood destinations per ifindex, from one AF_BRIDGE fdb dump (raw: floodnl)."""
+        """All flood destinations per ifindex, from one AF_BRIDGE fdb dump."""
         return await self._nl.flood_entries()
 
     async def apply(self, changes: Mapping[int, FloodDiff]) -> ApplyResult:
-        """Write flood-list changes (raw, windowed: floodnl.FloodNetlink.write).
+        """Write flood-list changes; removes go before adds.
 
         Only devices that are VXLAN right now are written: the generic fdb
         handler of other Ethernet devices would accept an all-zero lladdr and
-        install it as a secondary unicast MAC. Removes go before adds. Per-entry
-        failures are collected, never raised.
+        install it as a secondary unicast MAC. A few devices are checked one by
+        one, many with one dump. Per-entry failures are collected, never raised.
         """
         errors: list[ApplyError] = []
-        vxlan = {d.ifindex for d in await self.list_vxlan()}
+        if len(changes) <= GET_LIMIT:
+            found = [await self.get_vxlan(i) for i in changes]
+        else:
+            found = list(await self.list_vxlan())
+        vxlan = {d.ifindex for d in found if d is not None}
         ops: list[FloodOp] = []
         for ifindex, diff in changes.items():
             if ifindex not in vxlan:
@@ -329,50 +358,79 @@ class Kernel:
     # -- events ------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[KernelEvent]:
-        """Link and flood-entry changes, in kernel order, until close().
+        """Link and flood-entry changes until close().
 
-        Everything already queued is read at once and repeats collapse: a bulk
-        write of 10k entries on one device becomes a few FdbChanged, not 10k.
-        On ENOBUFS notifications were lost: yield Resync and carry on.
+        Link events come from pyroute2, flood-entry events from floodnl, each in
+        kernel order; the two streams are merged as they arrive. Whatever is
+        queued is taken at once and repeats per device collapse. When
+        notifications were lost (ENOBUFS), Resync is yielded and the stream
+        carries on.
         """
-        if self._ev is None:
+        if self._links is None or self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
-        ch = self._ev
-        while not ch.closed:
-            batch: list[KernelEvent] = []
-            last: dict[int, KernelEvent] = {}
-            for _ in range(EVENT_BATCH):
-                try:
-                    buf = ch.recv_nowait()
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    batch.append(Resync("netlink event overflow (ENOBUFS)"))
-                    last.clear()
-                    continue
-                if buf is None:
-                    break
-                for event in _events_in(buf):
-                    key = getattr(event, "ifindex", -1)
-                    if last.get(key) != event:
-                        last[key] = event
-                        batch.append(event)
-            for event in batch:
-                yield event
-            if not batch:
-                await ch.readable()
+        queue: asyncio.Queue[KernelEvent | BaseException | None] = asyncio.Queue()
+        self._streams.add(queue)
+        pumps = [
+            asyncio.create_task(self._pump(self._link_events, queue)),
+            asyncio.create_task(self._pump(self._fdb_events, queue)),
+        ]
+        try:
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                last: dict[int, KernelEvent] = {}
+                for item in items:
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    key = -1 if isinstance(item, Resync) else item.ifindex
+                    if key == -1:
+                        last.clear()
+                    elif last.get(key) == item:
+                        continue
+                    last[key] = item
+                    yield item
+        finally:
+            self._streams.discard(queue)
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
+    async def _pump(
+        self,
+        source: Callable[[], AsyncIterator[KernelEvent]],
+        queue: asyncio.Queue[KernelEvent | BaseException | None],
+    ) -> None:
+        try:
+            async for event in source():
+                queue.put_nowait(event)
+        except Exception as exc:  # handed to the reader of events(), unless closing
+            if self._ipr is not None:
+                queue.put_nowait(exc)
 
-def _events_in(buf: bytes) -> Iterator[KernelEvent]:
-    """Translate notifications; only VXLAN links and flood entries matter."""
-    for t, _fl, _s, p, e in iter_messages(buf):
-        if t in (RTM_NEWLINK, RTM_DELLINK):
-            ifindex, kind, _dev = _parse_link(buf, p, e)
-            if kind == "vxlan":
-                yield LinkChanged(ifindex) if t == RTM_NEWLINK else LinkRemoved(ifindex)
-        elif t in (RTM_NEWNEIGH, RTM_DELNEIGH):
-            hit = flood_entry(buf, p, e)
-            if hit is not None:
-                yield FdbChanged(hit[0])
-        elif t == NLMSG_OVERRUN:
-            yield Resync("netlink overrun")
+    async def _link_events(self) -> AsyncIterator[KernelEvent]:
+        """VXLAN link notifications from pyroute2. pyroute2 raises OSError(ENOBUFS)
+        from get() when the socket overflowed, and the socket is unusable after
+        that: a new one is bound first, then Resync is yielded."""
+        while self._links is not None:
+            try:
+                async for msg in self._links.get():
+                    event = _link_event(msg)
+                    if event is not None:
+                        yield event
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS or self._links is None:
+                    raise
+                self._links.close()
+                self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
+                yield Resync("netlink link notifications lost (ENOBUFS)")
+
+    async def _fdb_events(self) -> AsyncIterator[KernelEvent]:
+        """Flood-entry notifications from floodnl's raw neighbour socket."""
+        if self._fdb is None:
+            return
+        async for batch in self._fdb.changes():
+            for item in batch:
+                yield Resync(item.reason) if isinstance(item, floodnl.Lost) else FdbChanged(item)

@@ -56,6 +56,12 @@ class Lab:
             raise AssertionError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         return proc.stdout
 
+    def batch(self, commands: str) -> None:
+        """Run `ip -batch` inside the namespace (one process, many changes)."""
+        subprocess.run(
+            ["ip", "-n", self.name, "-batch", "-"], input=commands, text=True, check=True
+        )
+
     def vxlan(self, name: str, *args: str) -> int:
         self.run("ip", "link", "add", name, "type", "vxlan", *args)
         return self.ifindex(name)
@@ -406,3 +412,26 @@ async def test_close_ends_event_stream(lab: Lab) -> None:
     await eventually(lambda: LinkChanged(idx) in seen)
     await kern.close()
     await asyncio.wait_for(task, 5)
+
+
+async def test_link_overflow_yields_resync_and_rebinds(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link socket is pyroute2's: after ENOBUFS it is replaced, then Resync.
+    monkeypatch.setattr(kernel_mod, "LINK_RCVBUF", 4096)
+    async with Kernel(lab.name) as kern:
+        rec = Recorder(kern)
+        try:
+            await asyncio.sleep(0)  # the recorder is reading
+            batch = "".join(
+                f"link add vxo{n} type vxlan id {500 + n} local 10.0.0.1 dstport {5000 + n}\n"
+                for n in range(60)
+            )
+            # `ip -batch` runs while the event loop is blocked: the socket overflows.
+            lab.batch(batch)
+            await eventually(lambda: any(isinstance(e, Resync) for e in rec.seen))
+            idx = lab.vxlan("vxafter", "id", "9", "local", "10.0.0.1", "dstport", "4999")
+            await rec.wait_for(LinkChanged(idx))
+            assert len(await kern.list_vxlan()) == 61
+        finally:
+            await rec.stop()
