@@ -1,0 +1,93 @@
+"""The real `python -m vxsnd` process: start, serve an agent, SIGTERM -> exit 0;
+and configuration errors -> exit 2 with a message naming the file and key."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.agent_sim import Agent, wait_until
+
+VNI = 4242
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "vxsnd.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "vxsnd",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            f"sqlite:///{tmp_path / 'registry.db'}",
+            "--server-id",
+            "proc-test",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        await wait_until(lambda: b"vxsnd ready" in log.read_bytes(), 20, "vxsnd to start")
+        agent = await Agent.create("node1", ("127.0.0.1", port))
+        agent.register({VNI: ipaddress.IPv4Address("10.0.0.1")})
+        await wait_until(lambda: VNI in agent.members, 10, "the agent's snapshot")
+        agent.close()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "stopping" in text and "stopped" in text
+    assert "Traceback" not in text
+
+
+def run_vxsnd(*args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "vxsnd", *args], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ("listen = ['127.0.0.1:10001']\nhold_tme = 90\n", "hold_tme"),
+        ("batch_window = 'fast'\n", "batch_window"),
+        ("listen = ['[::1:10001']\n", "listen"),
+        ("budget = 12\n", "budget"),
+    ],
+)
+def test_broken_config_exits_2_naming_file_and_key(tmp_path: Path, content: str, key: str) -> None:
+    cfg = tmp_path / "vxsnd.toml"
+    cfg.write_text(content)
+    code, err = run_vxsnd("--config", str(cfg))
+    assert code == 2
+    assert str(cfg) in err and repr(key) in err
+    assert "Traceback" not in err
+
+
+def test_not_toml_and_bad_flag_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "vxsnd.toml"
+    cfg.write_text("listen = [\n")
+    code, err = run_vxsnd("--config", str(cfg))
+    assert code == 2 and "not valid TOML" in err
+    code, err = run_vxsnd("--retransmit-initial", "-1")
+    assert code == 2 and "--retransmit-initial" in err
