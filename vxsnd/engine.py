@@ -43,6 +43,7 @@ from vxsnd.stamp import Stamped
 log = logging.getLogger("vxsnd.engine")
 
 ACK_FLUSH = 1.0  # seconds an ack may wait to be written when nothing else is
+BURST_ALLOWANCE = 0.0001  # extra ack wait per datagram sent in the same step
 
 PeerAddr = tuple[str, int]  # (host, port) as given by the socket (v6 may carry more)
 
@@ -135,6 +136,7 @@ class Engine:
         self._member_count: dict[int, int] = {}
         self._acks_since = 0.0
         self.rtt = push.RttEstimator()
+        self._started: list[tuple[str, int, InFlight]] = []
         self._pushes = {k: metrics.pushes.labels(kind=k) for k in ("delta", "snapshot")}
         self._sent = metrics.datagrams_sent
         self._latency = metrics.push_ack_latency
@@ -300,8 +302,15 @@ class Engine:
             self.metrics.batches.inc()
             self._absorb(batch, pending, result)
         out: list[Outgoing] = []
+        self._started = []
         await self._push_dirty(now, out)
         await self._retransmit(now, out)
+        # A burst takes the receivers a while to work through: give every push of
+        # this step that much longer before its ack counts as missing.
+        allowance = len(out) * BURST_ALLOWANCE
+        for node_id, vni, inflight in self._started:
+            inflight.due += allowance
+            heapq.heappush(self._timers, (inflight.due, node_id, vni))
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "step: %d node ops, %d acks, sweep %s; %d datagrams out; %.1f ms",
@@ -453,7 +462,7 @@ class Engine:
             inflight = node.inflight[vni] = InFlight.start(plan.generation, sent, backoff, rto)
         else:
             inflight.resent(plan.generation, sent, backoff, rto)
-        heapq.heappush(self._timers, (inflight.due, node.node_id, vni))
+        self._started.append((node.node_id, vni, inflight))
 
     async def _parts(self, plan: Plan) -> list[Stamped]:
         """The encoded parts for a plan; snapshots and deltas are cached per generation."""
