@@ -437,3 +437,124 @@ def test_vxsnd_restart_after_an_outage_longer_than_the_hold_time_is_hitless(
     _vxsnd_kill_restart(
         lab, run_in_ns, tmp_path, outage=SHORT_HOLD + 1.0, vxsnd_args=["--sweep-interval", "0.1"]
     )
+
+
+def test_vxrd_sigkill_and_restart_keep_the_flood_list(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1 = lab.hosts[0]
+    ov = Overlay(lab, run_in_ns, tmp_path, hold_time=SHORT_HOLD)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+    watch = FdbWatch(run_in_ns, lab.hosts, 100)
+    watch.start()
+
+    ov.vxrd[h1].kill(signal.SIGKILL)
+    assert ov.vxrd[h1].wait() == -signal.SIGKILL
+    assert flood_lists(lab, 100, lab.hosts) == full_mesh(100, lab.hosts)
+    assert_floods(lab, 100, lab.hosts)
+
+    restarted = time.time()
+    ov.start_vxrd(h1)  # a new incarnation adopts what the kernel holds
+
+    def resynced() -> bool:
+        st = ov.status(h1)
+        contact = st["servers"][0]["last_contact"]
+        reconciled = st["last_reconcile"]
+        return bool(contact and reconciled and contact > restarted and reconciled > contact)
+
+    wait_until(resynced, timeout=START, what="the new vxrd heard from vxsnd and reconciled")
+    mesh = full_mesh(100, lab.hosts)
+
+    def lists_kept() -> None:
+        assert ov.vxrd[h1].alive, "vxrd died"
+        assert flood_lists(lab, 100, lab.hosts) == mesh
+
+    observe(SHORT_HOLD / 3 * 1.5, lists_kept)  # and one refresh more
+    assert watch.zero_events() == {}, "flood entries changed by the vxrd restart"
+    assert_floods(lab, 100, lab.hosts)
+    peers = json.loads(ov.ctl(h1, "peers", "100").stdout)
+    assert peers[0]["members"] == sorted(h.underlay for h in lab.hosts)
+
+
+def test_an_entry_deleted_by_hand_comes_back_within_a_second(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    Overlay(lab, run_in_ns, tmp_path).start()
+    wait_mesh(lab, 100, lab.hosts)
+    mesh = full_mesh(100, lab.hosts)
+
+    started = time.monotonic()
+    h1.exec(["bridge", "fdb", "del", ZERO, "dev", "vx100", "dst", h2.underlay])
+    wait_until(lambda: flood_lists(lab, 100, lab.hosts), timeout=1.0, expect=mesh, what="repair")
+    print(f"one entry repaired in {time.monotonic() - started:.3f}s")
+
+    # every entry of a host at once, in one batch
+    started = time.monotonic()
+    lines = "".join(f"fdb del {ZERO} dev vx100 dst {o.underlay}\n" for o in (h1, h2))
+    h3.exec(["bridge", "-batch", "-"], input=lines)
+    wait_until(lambda: flood_lists(lab, 100, lab.hosts), timeout=1.0, expect=mesh, what="repair")
+    print(f"a whole list repaired in {time.monotonic() - started:.3f}s")
+    assert_floods(lab, 100, lab.hosts)
+
+
+def test_two_vnis_on_the_same_hosts_stay_apart(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100, 200])
+    h4 = lab.add_host(vnis=[200])  # in VNI 200 only
+    ov = Overlay(lab, run_in_ns, tmp_path)
+    ov.start()
+    in100, in200 = lab.hosts[:3], lab.hosts
+    wait_mesh(lab, 100, in100)
+    wait_mesh(lab, 200, in200)
+    for vni, members in ((100, in100), (200, in200)):
+        for sender in members:
+            receivers = others(members, sender)
+            got = broadcast_receipts(lab, vni, sender, receivers, timeout=NEGATIVE)
+            # each receiver listens on every bridge it has: it must hear br<vni> only
+            assert got == {o: {f"br{vni}"} for o in receivers}, f"VNI {vni} from {sender.name}"
+    # the control plane keeps them apart too: nothing of VNI 100 is even sent to h4
+    h1, h2 = lab.hosts[:2]
+    arrived = vxlan_arrivals(h4, lambda: broadcast_receipts(lab, 100, h1, [h2], timeout=NEGATIVE))
+    assert arrived == []
+
+
+def test_flooding_over_an_ipv6_underlay(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100], ipv6_underlay=True)
+    h1, h2, h3 = lab.hosts
+    assert ":" in lab.service_addr and ":" in h1.underlay
+    Overlay(lab, run_in_ns, tmp_path).start()
+    wait_mesh(lab, 100, lab.hosts)
+    assert_floods(lab, 100, lab.hosts)
+    assert unicast_works(lab, 100, h1, h3)
+    assert vxlan_arrivals(h2, lambda: broadcast_reaches(lab, 100, h1, [h2, h3])) != []
+
+
+def test_vxrdctl_leave_withdraws_and_flushes(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    ov = Overlay(lab, run_in_ns, tmp_path)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+
+    left = json.loads(ov.ctl(h3, "leave").stdout)
+    assert left["flushed"] == 2 and left["devices"] == ["vx100"]
+    assert lab.fdb_flood(h3, 100) == set()  # flushed before the answer
+    assert ov.vxrd[h3].wait(timeout=10) == 0
+    wait_mesh(lab, 100, [h1, h2], timeout=CONVERGE)  # withdrawn everywhere
+    assert broadcast_reaches(lab, 100, h3, [h1, h2], timeout=NEGATIVE) == set()
+
+    def send() -> None:
+        broadcast_reaches(lab, 100, h1, [h2])
+        broadcast_reaches(lab, 100, h2, [h1])
+
+    assert vxlan_arrivals(h3, send) == []
+    assert lab.fdb_flood(h3, 100) == set()  # and nobody wrote it back
