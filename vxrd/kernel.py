@@ -58,6 +58,7 @@ _VXLAN_ATTRS = frozenset(
     f"IFLA_VXLAN_{n}"
     for n in ("ID", "LOCAL", "LOCAL6", "GROUP", "GROUP6", "PORT", "COLLECT_METADATA")
 )
+LINK_BACKLOG = 65536  # link events kept for events() before they collapse into Resync
 GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
 
 
@@ -238,6 +239,12 @@ class Kernel:
         self._nl = floodnl.FloodNetlink(netns)
         self._fdb: floodnl.FloodWatch | None = None
         self._streams: set[asyncio.Queue[KernelEvent | BaseException | None]] = set()
+        # Link events are read from open() on, into a backlog for events(), so
+        # that _vxlan (ifindexes known to be VXLAN devices) forgets deleted
+        # devices at once, whether or not anyone iterates events().
+        self._backlog: asyncio.Queue[KernelEvent | BaseException] = asyncio.Queue()
+        self._watcher: asyncio.Task[None] | None = None
+        self._vxlan: set[int] = set()
 
     async def open(self) -> None:
         """Create the sockets; the notification sockets are bound here, before any dump."""
@@ -248,12 +255,19 @@ class Kernel:
             self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
             self._nl.open()
             self._fdb = floodnl.FloodWatch(self.netns, EVENT_RCVBUF)
+            self._backlog = asyncio.Queue()
+            self._watcher = asyncio.create_task(self._watch_links())
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
         """Close the sockets; a running events() iterator ends."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        self._vxlan.clear()
         for ipr in (self._ipr, self._links):
             if ipr is not None:
                 ipr.close()
@@ -299,6 +313,7 @@ class Kernel:
                     devices.append(dev)
         except NetlinkError as exc:
             raise KernelError(exc.code, f"link dump failed: {exc}") from exc
+        self._vxlan = {d.ifindex for d in devices}
         return devices
 
     async def get_vxlan(self, ifindex: int) -> VxlanDevice | None:
@@ -306,13 +321,15 @@ class Kernel:
         try:
             links = await self._req().link("get", index=ifindex)
         except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.EINVAL):
-                return None
-            raise KernelError(exc.code, f"link get failed: {exc}") from exc
+            if exc.code not in (errno.ENODEV, errno.EINVAL):
+                raise KernelError(exc.code, f"link get failed: {exc}") from exc
+            links = []
         for link in links:
             dev = _device(link)
             if dev is not None:
+                self._vxlan.add(ifindex)
                 return dev
+        self._vxlan.discard(ifindex)
         return None
 
     # -- flood entries (raw netlink: vxrd.floodnl) --------------------------------------
@@ -324,17 +341,22 @@ class Kernel:
     async def apply(self, changes: Mapping[int, FloodDiff]) -> ApplyResult:
         """Write flood-list changes; removes go before adds.
 
-        Only devices that are VXLAN right now are written: the generic fdb
-        handler of other Ethernet devices would accept an all-zero lladdr and
-        install it as a secondary unicast MAC. A few devices are checked one by
-        one, many with one dump. Per-entry failures are collected, never raised.
+        Only VXLAN devices are written: the generic fdb handler of other
+        Ethernet devices would accept an all-zero lladdr and install it as a
+        secondary unicast MAC. A device's kind never changes, so ifindexes seen
+        as VXLAN (by list_vxlan, get_vxlan or a link event) are trusted until
+        their deletion is notified; others are asked for with pyroute2, one by
+        one when few, else with one dump. Per-entry failures are collected,
+        never raised.
         """
         errors: list[ApplyError] = []
-        if len(changes) <= GET_LIMIT:
-            found = [await self.get_vxlan(i) for i in changes]
+        unknown = [i for i in changes if i not in self._vxlan]
+        if len(unknown) > GET_LIMIT:
+            await self.list_vxlan()
         else:
-            found = list(await self.list_vxlan())
-        vxlan = {d.ifindex for d in found if d is not None}
+            for ifindex in unknown:
+                await self.get_vxlan(ifindex)
+        vxlan = self._vxlan & set(changes)
         ops: list[FloodOp] = []
         for ifindex, diff in changes.items():
             if ifindex not in vxlan:
@@ -371,7 +393,7 @@ class Kernel:
         queue: asyncio.Queue[KernelEvent | BaseException | None] = asyncio.Queue()
         self._streams.add(queue)
         pumps = [
-            asyncio.create_task(self._pump(self._link_events, queue)),
+            asyncio.create_task(self._pump(self._backlog_events, queue)),
             asyncio.create_task(self._pump(self._fdb_events, queue)),
         ]
         try:
@@ -409,6 +431,33 @@ class Kernel:
         except Exception as exc:  # handed to the reader of events(), unless closing
             if self._ipr is not None:
                 queue.put_nowait(exc)
+
+    async def _watch_links(self) -> None:
+        """From open() to close(): link events into the backlog, keeping _vxlan current."""
+        try:
+            async for event in self._link_events():
+                if isinstance(event, LinkChanged):
+                    self._vxlan.add(event.ifindex)
+                elif isinstance(event, LinkRemoved):
+                    self._vxlan.discard(event.ifindex)
+                else:
+                    self._vxlan.clear()
+                if self._backlog.qsize() >= LINK_BACKLOG:  # nobody reads events()
+                    while not self._backlog.empty():
+                        self._backlog.get_nowait()
+                    event = Resync("link event backlog overflow")
+                self._backlog.put_nowait(event)
+        except Exception as exc:  # handed to the reader of events(), unless closing
+            self._vxlan.clear()
+            if self._ipr is not None:
+                self._backlog.put_nowait(exc)
+
+    async def _backlog_events(self) -> AsyncIterator[KernelEvent]:
+        while True:
+            item = await self._backlog.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     async def _link_events(self) -> AsyncIterator[KernelEvent]:
         """VXLAN link notifications from pyroute2. pyroute2 raises OSError(ENOBUFS)

@@ -435,3 +435,22 @@ async def test_link_overflow_yields_resync_and_rebinds(
             assert len(await kern.list_vxlan()) == 61
         finally:
             await rec.stop()
+
+
+async def test_deleted_vxlan_index_reused_by_other_device_is_not_written(
+    lab: Lab, kern: Kernel
+) -> None:
+    # apply() trusts ifindexes already seen as VXLAN until their deletion is
+    # notified; an index reused (explicitly) by a veth must not get flood entries.
+    idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
+    assert [d.ifindex for d in await kern.list_vxlan()] == [idx]
+    rec = Recorder(kern)
+    try:
+        lab.run("ip", "link", "del", "vx4")
+        await rec.wait_for(LinkRemoved(idx))
+    finally:
+        await rec.stop()
+    lab.run("ip", "link", "add", "ve0", "index", str(idx), "type", "veth", "peer", "name", "ve1")
+    result = await kern.apply({idx: FloodDiff(add=frozenset({A("10.0.0.7")}))})
+    assert (result.added, [(e.ifindex, e.errno) for e in result.errors]) == (0, [(idx, 19)])
+    assert [e for e in lab.fdb() if e["mac"] == ZERO] == []
