@@ -18,7 +18,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -238,11 +238,10 @@ class Kernel:
         self._links: Any = None  # AsyncIPRoute bound to RTMGRP_LINK
         self._nl = floodnl.FloodNetlink(netns)
         self._fdb: floodnl.FloodWatch | None = None
-        self._streams: set[asyncio.Queue[KernelEvent | BaseException | None]] = set()
-        # Link events are read from open() on, into a backlog for events(), so
-        # that _vxlan (ifindexes known to be VXLAN devices) forgets deleted
+        # Link events are read from open() on, into the queue events() reads,
+        # so that _vxlan (ifindexes known to be VXLAN devices) forgets deleted
         # devices at once, whether or not anyone iterates events().
-        self._backlog: asyncio.Queue[KernelEvent | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[KernelEvent | BaseException | None] = asyncio.Queue()
         self._watcher: asyncio.Task[None] | None = None
         self._vxlan: set[int] = set()
 
@@ -255,7 +254,7 @@ class Kernel:
             self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
             self._nl.open()
             self._fdb = floodnl.FloodWatch(self.netns, EVENT_RCVBUF)
-            self._backlog = asyncio.Queue()
+            self._queue = asyncio.Queue()
             self._watcher = asyncio.create_task(self._watch_links())
         except BaseException:
             await self.close()
@@ -276,8 +275,7 @@ class Kernel:
         if self._fdb is not None:
             self._fdb.close()
             self._fdb = None
-        for queue in self._streams:
-            queue.put_nowait(None)
+        self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Kernel:
         await self.open()
@@ -380,7 +378,7 @@ class Kernel:
     # -- events ------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[KernelEvent]:
-        """Link and flood-entry changes until close().
+        """Link and flood-entry changes until close() (one reader at a time).
 
         Link events come from pyroute2, flood-entry events from floodnl, each in
         kernel order; the two streams are merged as they arrive. Whatever is
@@ -388,19 +386,14 @@ class Kernel:
         notifications were lost (ENOBUFS), Resync is yielded and the stream
         carries on.
         """
-        if self._links is None or self._fdb is None:
+        if self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
-        queue: asyncio.Queue[KernelEvent | BaseException | None] = asyncio.Queue()
-        self._streams.add(queue)
-        pumps = [
-            asyncio.create_task(self._pump(self._backlog_events, queue)),
-            asyncio.create_task(self._pump(self._fdb_events, queue)),
-        ]
+        fdb = asyncio.create_task(self._watch_fdb(self._fdb))
         try:
             while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
+                items = [await self._queue.get()]
+                while not self._queue.empty():
+                    items.append(self._queue.get_nowait())
                 last: dict[int, KernelEvent] = {}
                 for item in items:
                     if item is None:
@@ -415,25 +408,22 @@ class Kernel:
                     last[key] = item
                     yield item
         finally:
-            self._streams.discard(queue)
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            fdb.cancel()
+            await asyncio.gather(fdb, return_exceptions=True)
 
-    async def _pump(
-        self,
-        source: Callable[[], AsyncIterator[KernelEvent]],
-        queue: asyncio.Queue[KernelEvent | BaseException | None],
-    ) -> None:
+    async def _watch_fdb(self, watch: floodnl.FloodWatch) -> None:
+        """While events() runs: flood-entry notifications from floodnl into the queue."""
         try:
-            async for event in source():
-                queue.put_nowait(event)
+            async for batch in watch.changes():
+                for item in batch:
+                    ev = Resync(item.reason) if isinstance(item, floodnl.Lost) else FdbChanged(item)
+                    self._queue.put_nowait(ev)
         except Exception as exc:  # handed to the reader of events(), unless closing
             if self._ipr is not None:
-                queue.put_nowait(exc)
+                self._queue.put_nowait(exc)
 
     async def _watch_links(self) -> None:
-        """From open() to close(): link events into the backlog, keeping _vxlan current."""
+        """From open() to close(): link events into the queue, keeping _vxlan current."""
         try:
             async for event in self._link_events():
                 if isinstance(event, LinkChanged):
@@ -442,22 +432,15 @@ class Kernel:
                     self._vxlan.discard(event.ifindex)
                 else:
                     self._vxlan.clear()
-                if self._backlog.qsize() >= LINK_BACKLOG:  # nobody reads events()
-                    while not self._backlog.empty():
-                        self._backlog.get_nowait()
-                    event = Resync("link event backlog overflow")
-                self._backlog.put_nowait(event)
+                if self._queue.qsize() >= LINK_BACKLOG:  # nobody reads events()
+                    while not self._queue.empty():
+                        self._queue.get_nowait()
+                    event = Resync("kernel event backlog overflow")
+                self._queue.put_nowait(event)
         except Exception as exc:  # handed to the reader of events(), unless closing
             self._vxlan.clear()
             if self._ipr is not None:
-                self._backlog.put_nowait(exc)
-
-    async def _backlog_events(self) -> AsyncIterator[KernelEvent]:
-        while True:
-            item = await self._backlog.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+                self._queue.put_nowait(exc)
 
     async def _link_events(self) -> AsyncIterator[KernelEvent]:
         """VXLAN link notifications from pyroute2. pyroute2 raises OSError(ENOBUFS)
@@ -475,11 +458,3 @@ class Kernel:
                 self._links.close()
                 self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
                 yield Resync("netlink link notifications lost (ENOBUFS)")
-
-    async def _fdb_events(self) -> AsyncIterator[KernelEvent]:
-        """Flood-entry notifications from floodnl's raw neighbour socket."""
-        if self._fdb is None:
-            return
-        async for batch in self._fdb.changes():
-            for item in batch:
-                yield Resync(item.reason) if isinstance(item, floodnl.Lost) else FdbChanged(item)
