@@ -258,6 +258,8 @@ class Engine:
                 if inflight.attempt == 0:
                     self.rtt.sample(max(0.0, now - inflight.sent))
                 del node.inflight[vni]
+            elif inflight is not None and inflight.stranded_by(gen):
+                del node.inflight[vni]  # re-planned from the acked generation below
             if push.follow_up(node.inflight.get(vni), gen, self.generations.get(vni, 0)):
                 self._dirty.add((node.node_id, vni))
                 self.on_work()
@@ -462,6 +464,7 @@ class Engine:
             inflight = node.inflight[vni] = InFlight.start(plan.generation, sent, backoff, rto)
         else:
             inflight.resent(plan.generation, sent, backoff, rto)
+        inflight.base = parts[0].message.base
         self._started.append((node.node_id, vni, inflight))
 
     async def _parts(self, plan: Plan) -> list[Stamped]:

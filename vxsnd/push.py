@@ -140,6 +140,7 @@ class InFlight:
     sent: float  # the latest send
     attempt: int  # sends so far minus one
     due: float  # when to retransmit if still unacked
+    base: int | None = None  # the delta base of the latest send (None: a snapshot)
 
     @classmethod
     def start(cls, generation: int, now: float, backoff: Backoff, rto: float = 0.0) -> InFlight:
@@ -154,6 +155,11 @@ class InFlight:
 
     def acked_by(self, generation: int) -> bool:
         return generation >= self.generation
+
+    def stranded_by(self, acked: int) -> bool:
+        """The node acked `acked` without reaching this push, and this push is a delta
+        from another base: the agent ignores it, so waiting for its ack is pointless."""
+        return not self.acked_by(acked) and self.base is not None and self.base != acked
 
 
 def follow_up(inflight: InFlight | None, acked: int, current: int) -> bool:

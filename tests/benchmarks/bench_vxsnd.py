@@ -160,7 +160,7 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
                 ("127.0.0.1", port),
                 fast=True,
                 hold_time=600,
-                on_change=lambda i=i: checker(i),  # type: ignore[misc]
+                on_change=lambda i=i: checker(i),
             )
         )
     cpu0 = cpu_seconds(proc.pid)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -128,7 +129,10 @@ class Agent(asyncio.DatagramProtocol):
     async def create(cls, node_id: str, server: Addr, **kw: object) -> Agent:
         loop = asyncio.get_running_loop()
         agent = cls(node_id, server, **kw)  # type: ignore[arg-type]
-        await loop.create_datagram_endpoint(lambda: agent, local_addr=("127.0.0.1", 0))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # snapshot bursts
+        sock.bind(("127.0.0.1", 0))
+        await loop.create_datagram_endpoint(lambda: agent, sock=sock)
         return agent
 
     # ------------------------------------------------------------ sending

@@ -126,4 +126,27 @@ def test_stamped_equals_codec_encode(keyed: bool) -> None:
         for env in (Envelope("srv", 2**62, 2**40, 1_700_000_000_000), Envelope("s", 0, 1, 0)):
             expect = codec.encode(replace(part, env=env))
             assert st.stamp(env) == expect
-            assert codec.decode(st.stamp(env)).env == env  # type: ignore[union-attr]
+            assert codec.decode(st.stamp(env)).env == env
+
+
+def test_stranded_delta() -> None:
+    b = Backoff()
+    f = InFlight.start(9, 0.0, b)
+    f.base = 5
+    assert f.stranded_by(7)  # node is at 7: a delta 5 -> 9 will be ignored
+    assert not f.stranded_by(5)  # still applicable
+    assert not f.stranded_by(9)  # acked
+    f.base = None
+    assert not f.stranded_by(7)  # a snapshot always applies
+
+
+def test_rtt_estimator() -> None:
+    r = push.RttEstimator()
+    assert r.rto() == 0.0
+    r.sample(0.1)
+    assert r.rto() == pytest.approx(0.1 + 4 * 0.05)
+    for _ in range(50):
+        r.sample(0.1)
+    assert r.rto() == pytest.approx(0.1, abs=0.01)
+    assert Backoff(0.25, 30).delay(0, r.rto()) == 0.25
+    assert Backoff(0.25, 30).delay(1, 1.0) == 2.0
