@@ -62,6 +62,8 @@ class Registry(Protocol):
 
     async def vnis(self) -> list[store.VniSummary]: ...
 
+    async def nodes(self) -> list[store.Node]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -142,8 +144,22 @@ class Engine:
         self._latency = metrics.push_ack_latency
         self._rlog = RateLimitedLog(log)
 
-    async def start(self) -> None:
-        """Load generations and member counts (after a restart they carry on)."""
+    async def start(self, now: float | None = None) -> None:
+        """Load generations and member counts (after a restart they carry on).
+
+        Registrations whose hold time ran out while this daemon was down (or runs
+        out sooner than a hold time from now) get one hold time of grace: their
+        agents kept refreshing into the void and must have a refresh interval to
+        report in before they are swept, or the first to refresh would be pushed
+        lists without the others."""
+        now = self._clock() if now is None else now
+        grace = store.Batch()
+        for n in await self.registry.nodes():
+            if n.expires_at < now + n.hold_time:
+                grace.refresh(n.node_id, now + n.hold_time)
+        if grace:
+            await self.registry.apply(grace, now)
+            log.info("restart grace: %d registrations kept for one hold time", len(grace))
         for v in await self.registry.vnis():
             self.generations[v.vni] = v.generation
             self._member_count[v.vni] = v.members

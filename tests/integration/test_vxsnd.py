@@ -7,6 +7,7 @@ failed in CI).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -215,3 +216,26 @@ async def test_ack_from_unknown_node_and_membership_to_server_are_harmless(
         await wait_until(lambda: a.members.get(VNI) == {vtep(1)}, 5, "join")
         assert daemon.metrics.value("vxsnd_handler_errors_total") == 0
         a.close()
+
+
+async def test_restart_after_outage_longer_than_hold_time_keeps_members(db: str) -> None:
+    cfg = make_config(db)
+    async with running(cfg) as daemon:
+        group = await agents(daemon, 3, hold_time=2)
+        for i, a in enumerate(group, start=1):
+            a.register({VNI: vtep(i)})
+        await wait_until(lambda: converged(group), 10, "three agents to converge")
+        gens = await daemon.store.generations()
+        port = server_addr(daemon)[1]
+    await asyncio.sleep(2.5)  # the outage: every registration's expiry passes
+    cfg2 = make_config(db, listen=(cfg.listen[0].__class__("127.0.0.1", port),))
+    async with running(cfg2) as daemon:
+        await asyncio.sleep(0.5)  # several sweeps (every 0.1 s here) before anyone refreshes
+        assert await daemon.store.generations() == gens
+        for a in group:
+            a.register()
+        await wait_until(lambda: len(daemon.engine.nodes) == 3, 5, "refreshes applied")
+        m = daemon.metrics  # nobody refreshes again: the refreshed hold time rules
+        await wait_until(lambda: m.value("vxsnd_expiries_total") == 3, 5, "expiry after grace")
+        for a in group:
+            a.close()
