@@ -319,8 +319,17 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 class Bench:
-    def __init__(self, n: int, workdir: Path, quiet: bool) -> None:
+    def __init__(
+        self,
+        n: int,
+        workdir: Path,
+        quiet: bool,
+        vxsnd_args: Sequence[str] = (),
+        db_dir: Path | None = None,
+    ) -> None:
         self.n = n
+        self.vxsnd_args = list(vxsnd_args)
+        self.db = (db_dir or workdir) / f"vxflood-conv-{os.getpid()}-{n}.db"
         self.workdir = workdir
         self.quiet = quiet
         self.lab = Lab(new_prefix("vxc"), hosts=n, vnis=[VNI])
@@ -364,8 +373,9 @@ class Bench:
             [
                 *("-m", "vxsnd"),
                 *("--listen", f"{lab.service_addr}:{PORT}"),
-                *("--db", f"sqlite+aiosqlite:///{self.workdir / 'registry.db'}"),
+                *("--db", f"sqlite+aiosqlite:///{self.db}"),
                 *("--log-level", "WARNING"),
+                *self.vxsnd_args,
             ],
         )
         deadline = time.monotonic() + 30
@@ -528,9 +538,17 @@ class Bench:
                 s.close()
 
 
-def run_n(n: int, joins: int, baseline: bool, quiet: bool) -> tuple[list[Result], bool]:
+def run_n(
+    n: int,
+    joins: int,
+    baseline: bool,
+    quiet: bool,
+    vxsnd_args: Sequence[str] = (),
+    db_dir: Path | None = None,
+    keep_logs: bool = False,
+) -> tuple[list[Result], bool]:
     workdir = Path(tempfile.mkdtemp(prefix=f"vxflood-conv{n}-"))
-    bench = Bench(n, workdir, quiet)
+    bench = Bench(n, workdir, quiet, vxsnd_args, db_dir)
     results: list[Result] = []
     realtime = False
     try:
@@ -558,7 +576,12 @@ def run_n(n: int, joins: int, baseline: bool, quiet: bool) -> tuple[list[Result]
     finally:
         bench.stop()
         bench.lab.destroy()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep_logs:
+            print(f"N={n}: daemon logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{bench.db}{suffix}").unlink(missing_ok=True)
     return results, realtime
 
 
@@ -657,6 +680,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-baseline", dest="baseline", action="store_false", help="skip the baseline rows"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs")
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        help="directory of vxsnd's SQLite registry (default: a temp dir under $TMPDIR); "
+        "e.g. /dev/shm to take the disk out of the picture",
+    )
+    parser.add_argument(
+        "--vxsnd-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra vxsnd argument, repeatable (e.g. --vxsnd-arg=--batch-window=1)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_convergence builds network namespaces and needs root", file=sys.stderr)
@@ -666,9 +703,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     realtime = True
     for n in args.hosts:
-        got, rt = run_n(n, args.joins, args.baseline, args.quiet)
+        got, rt = run_n(
+            n, args.joins, args.baseline, args.quiet, args.vxsnd_arg, args.db_dir, args.keep_logs
+        )
         results += got
         realtime = realtime and rt
+    if args.vxsnd_arg or args.db_dir:
+        print(f"vxsnd extra arguments: {args.vxsnd_arg}; registry in {args.db_dir or 'TMPDIR'}")
     print(report(results))
     if not realtime:
         print("note: the observer thread could not get SCHED_FIFO; stamps may be late")
