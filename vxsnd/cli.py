@@ -76,10 +76,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("key file %s is readable by group or others: chmod 600", cfg.key_file)
     else:
         log.warning("no key file: datagrams are neither signed nor verified")
-    from vxsnd.daemon import StartupError, run
+    from vxsnd.api import ApiConfigError, api_service, check_api_config
+    from vxsnd.daemon import Daemon, StartupError, run
+
+    services = []
+    if cfg.api is not None:
+        token_file = str(cfg.token_file) if cfg.token_file else None
+        try:
+            check_api_config(cfg.api.host, token_file)
+        except ApiConfigError as exc:
+            print(f"vxsnd: configuration error: {exc}", file=sys.stderr)
+            return 2
+        services.append(api_service(cfg.api.host, cfg.api.port, token_file))
+
+    def add_services(daemon: Daemon) -> None:
+        daemon.services.extend(services)
 
     try:
-        return run(cfg, keyring)
+        return run(cfg, keyring, configure=add_services)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -22,6 +22,7 @@ from typing import Any
 from schema.wire import DEFAULT_BUDGET, MAX_DATAGRAM, MAX_HOLD_TIME, MAX_SENDER
 
 DEFAULT_PORT = 10001
+DEFAULT_API_PORT = 10080
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIN_BUDGET = 256
 
@@ -63,15 +64,17 @@ class Config:
     drain_timeout: float = 5.0
     server_id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
+    api: ListenAddr | None = ListenAddr("127.0.0.1", DEFAULT_API_PORT)
+    token_file: Path | None = None
 
 
 # ---------------------------------------------------------------- value parsers
 
 
-def parse_listen(text: str) -> ListenAddr:
+def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> ListenAddr:
     """ADDR, ADDR:PORT, [V6ADDR], [V6ADDR]:PORT or a bare IPv6 literal."""
     text = text.strip()
-    port = DEFAULT_PORT
+    port = default_port
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
@@ -148,6 +151,13 @@ def _listen(value: object) -> tuple[ListenAddr, ...]:
     if len(set(out)) != len(out):
         raise ValueError("an address is listed twice")
     return out
+
+
+def _api(value: object) -> ListenAddr | None:
+    text = _str(value).strip()
+    if text.lower() == "off":
+        return None
+    return parse_listen(text, DEFAULT_API_PORT)
 
 
 def _db(value: object) -> str:
@@ -276,6 +286,22 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("server_id", _server_id, "ID", "sender id in pushed datagrams", "the hostname"),
     Option("log_level", _log_level, "LEVEL", f"one of {', '.join(LOG_LEVELS)}", "INFO"),
+    Option(
+        "api",
+        _api,
+        "ADDR[:PORT]|off",
+        f"REST API (HTTP) address, default port {DEFAULT_API_PORT}; 'off' disables it. "
+        "Without a token file only a loopback address is accepted",
+        f"127.0.0.1:{DEFAULT_API_PORT}",
+    ),
+    Option(
+        "token_file",
+        _path,
+        "FILE",
+        "REST API bearer tokens ('TOKEN ROLE [NAME]' lines, roles read|admin); every "
+        "change needs an admin token",
+        "none: the API is unauthenticated and bound to loopback only",
+    ),
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
 

@@ -184,7 +184,14 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
 
-def run(cfg: Config, keyring: Keyring | None = None) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a clean stop."""
-    asyncio.run(Daemon(cfg, keyring=keyring).run())
+def run(
+    cfg: Config,
+    keyring: Keyring | None = None,
+    configure: Callable[[Daemon], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean stop. `configure` adds services."""
+    daemon = Daemon(cfg, keyring=keyring)
+    if configure is not None:
+        configure(daemon)
+    asyncio.run(daemon.run())
     return 0
