@@ -91,9 +91,9 @@ class Daemons:
             *("--db", f"sqlite+aiosqlite:///{self.workdir / 'registry.db'}"),
             *("--server-id", "demo-vxsnd"),
         ]
-        if vxsnd_has_api():
-            self.api = f"http://{addr}:{API_PORT}"
-            argv += ["--api", f"{addr}:{API_PORT}"]
+        if vxsnd_has_api():  # read-only and unauthenticated: loopback of the service namespace
+            self.api = f"http://127.0.0.1:{API_PORT}"
+            argv += ["--api", f"127.0.0.1:{API_PORT}"]
         self._start(self.lab.service, "vxsnd", argv)
         # An agent registers at start and then every hold time / 3 (30 s by default):
         # start the agents once vxsnd listens, so their first register is heard.
@@ -192,19 +192,8 @@ def wait_converged(lab: Lab, daemons: Daemons) -> float:
 
 
 def show_registry(lab: Lab, daemons: Daemons) -> None:
-    if daemons.api is not None:
-        shown = True
-        for args in (["vnis"], *(["vni", str(v)] for v in lab.vnis)):
-            argv = [sys.executable, "-m", "vxsnd.ctl", "--api", daemons.api, *args]
-            out = lab.service.exec(argv, check=False)
-            if out.returncode != 0:
-                shown = False
-                break
-            say(f"$ vxsndctl {' '.join(args)}")
-            say(out.stdout.rstrip())
-        if shown:
-            return
-        say("(vxsndctl did not answer; showing what the agents were told instead)")
+    if daemons.api is not None and show_vxsndctl(lab, daemons.api):
+        return
     by_addr = {h.underlay: short(h) for h in lab.hosts}
     say("What vxsnd pushed to the agents ($ vxrdctl peers, on every host):")
     views: dict[int, dict[tuple[tuple[str, ...], str], list[str]]] = {}
@@ -218,6 +207,31 @@ def show_registry(lab: Lab, daemons: Daemons) -> None:
             names = ", ".join(f"{by_addr.get(a, '?')} {a}" for a in members) or "(none)"
             seen = ", ".join(seen_by)
             say(f"  VNI {vni}  generation {gen}  members: {names}  (as seen by {seen})")
+
+
+def show_vxsndctl(lab: Lab, api: str, timeout: float = 10.0) -> bool:
+    """``vxsndctl vnis`` and ``vxsndctl vni V`` in the service namespace; False (with a
+    note) when the API does not answer."""
+    commands = [["vnis"], *(["vni", str(v)] for v in lab.vnis)]
+    outputs = []
+    deadline = time.monotonic() + timeout
+    for args in commands:
+        argv = [sys.executable, "-m", "vxsnd.ctl", "--api", api, *args]
+        while True:
+            out = lab.service.exec(argv, check=False)
+            if out.returncode == 0:
+                break
+            if out.returncode != 3 or time.monotonic() > deadline:  # 3: not reachable (yet)
+                say(f"(vxsndctl {' '.join(args)} failed: {out.stderr.strip()})")
+                say("(showing what the agents were told instead)")
+                return False
+            time.sleep(0.1)
+        outputs.append((args, out.stdout.rstrip()))
+    for args, text in outputs:
+        say(f"$ vxsndctl {' '.join(args)}")
+        for line in text.splitlines():
+            say(f"    {line}")
+    return True
 
 
 def show_flood_lists(lab: Lab) -> None:
