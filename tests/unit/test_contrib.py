@@ -38,7 +38,7 @@ OPTION_LINE = re.compile(r"^# ([a-z][a-z0-9_]*) = (.+)$")
 # Options whose default depends on the host or is "none": the example shows a
 # sample value, and the daemon must indeed have no fixed default for them.
 NO_FIXED_DEFAULT = {
-    "vxsnd": {"db", "key_file", "server_id"},
+    "vxsnd": {"db", "key_file", "server_id", "token_file"},
     "vxrd": {"servers", "key_file", "local", "node_id", "metrics"},
 }
 DAEMONS: dict[str, ModuleType] = {"vxsnd": vxsnd.config, "vxrd": vxrd.config}
