@@ -419,12 +419,6 @@ def test_vxsnd_sigkill_is_fail_static_and_its_restart_is_hitless(
     _vxsnd_kill_restart(lab, run_in_ns, tmp_path, outage=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vxsnd bug: on start it sweeps every node whose expiry passed while it was down, "
-    "before the agents had a refresh interval to report in; the first nodes to refresh get "
-    "pushed lists without the others (Deleted + re-added on the hosts)",
-)
 def test_vxsnd_restart_after_an_outage_longer_than_the_hold_time_is_hitless(
     lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
 ) -> None:
