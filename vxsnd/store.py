@@ -630,11 +630,13 @@ _UPDATE_NODE = (
         registered_at=bindparam("b_reg"),
     )
 )
-_BUMP = (
-    update(_v)
-    .where(_v.c.vni == bindparam("b_vni"))
-    .values(generation=bindparam("b_gen"), updated_at=bindparam("b_now"))
+# One statement for any number of refreshes (arrays are single parameters).
+_PG_REFRESH = text(
+    "UPDATE nodes SET last_seen = :now, expires_at = v.exp"
+    " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:exps AS DOUBLE PRECISION[])) AS v(id, exp)"
+    " WHERE nodes.node_id = v.id RETURNING nodes.node_id"
 )
+_ARRAY_CHUNK: Final = 10_000  # rows per array parameter
 _INSERT_MEMBER = insert(_m)
 _INSERT_NODE = insert(_n)
 _INSERT_CLAIM = insert(_nv)
@@ -667,8 +669,10 @@ class _Apply:
         self.unknown: set[str] = set()
         self.missing_static: set[Key] = set()
 
-    async def many(self, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def many(self, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
         """executemany of a Core statement, handed straight to the DB-API driver.
+
+        Returns the driver's row count (-1 when it does not know, e.g. asyncpg).
 
         SQLAlchemy's per-row parameter processing costs more than the database
         work for the bulk writes of a batch (tens of thousands of rows), so the
@@ -677,7 +681,7 @@ class _Apply:
         types (Integer, BigInteger, Float, String) has a bind processor.
         """
         if not rows:
-            return
+            return 0
         keys = tuple(rows[0])
         cache_key = (stmt, self.conn.dialect.name, keys)
         compiled = _COMPILED.get(cache_key)
@@ -692,7 +696,8 @@ class _Apply:
             params: list[tuple[Any, ...]] = [tuple(row.values()) for row in rows]
         else:
             params = [tuple(row[k] if k in row else literals[k] for k in order) for row in rows]
-        await self.conn.exec_driver_sql(sql, params)
+        result = await self.conn.exec_driver_sql(sql, params)
+        return int(result.rowcount)
 
     async def ensure_vnis(self, vnis: Iterable[int]) -> None:
         wanted = set(vnis) - self.known_vnis
@@ -968,16 +973,35 @@ class _Apply:
         await self.many(_TAKE_OVER, takeover)
 
     async def refresh(self, refreshes: Sequence[Refresh]) -> None:
+        """Extend the expiry of known nodes; ids that are not registered go to `unknown`.
+
+        No lookup first: PostgreSQL's UPDATE ... RETURNING names the nodes it
+        found; on SQLite the row count of the executemany tells whether every
+        node was found, and only when not are the missing ones looked up.
+        """
         if not refreshes:
             return
-        known = await self.existing_nodes(r.node_id for r in refreshes)
-        rows = []
-        for r in refreshes:
-            if r.node_id in known:
-                rows.append({"b_node": r.node_id, "b_now": self.now, "b_exp": r.expires_at})
-            else:
-                self.unknown.add(r.node_id)
-        await self.many(_REFRESH_NODE, rows)
+        ids = [r.node_id for r in refreshes]
+        if self.conn.dialect.name == "postgresql":
+            found: set[str] = set()
+            for chunk in _chunks(refreshes, _ARRAY_CHUNK):
+                rows = await self.conn.execute(
+                    _PG_REFRESH,
+                    {
+                        "now": self.now,
+                        "ids": [r.node_id for r in chunk],
+                        "exps": [r.expires_at for r in chunk],
+                    },
+                )
+                found.update(r.node_id for r in rows)
+            self.unknown.update(set(ids) - found)
+            return
+        count = await self.many(
+            _REFRESH_NODE,
+            [{"b_node": r.node_id, "b_now": self.now, "b_exp": r.expires_at} for r in refreshes],
+        )
+        if count != len(set(ids)):
+            self.unknown.update(set(ids) - (await self.existing_nodes(ids)).keys())
 
     async def acks(self, acks: Mapping[tuple[str, int], int]) -> None:
         if not acks:
@@ -1009,16 +1033,19 @@ class _Apply:
         changed = {vni: ops for vni, ops in self.net.ops.items() if ops}
         if not changed:
             return {}
-        current: dict[int, int] = {}
-        for chunk in _chunks(sorted(changed)):
+        generation: dict[int, int] = {}
+        for chunk in _chunks(sorted(changed)):  # bump and read back in one statement
             rows = await self.conn.execute(
-                select(_v.c.vni, _v.c.generation).where(_v.c.vni.in_(chunk))
+                update(_v)
+                .where(_v.c.vni.in_(chunk))
+                .values(generation=_v.c.generation + 1, updated_at=self.now)
+                .returning(_v.c.vni, _v.c.generation)
             )
-            current.update((r.vni, r.generation) for r in rows)
+            generation.update((r.vni, r.generation) for r in rows)
         result: dict[int, VniChange] = {}
         log: list[dict[str, Any]] = []
         for vni, ops in sorted(changed.items()):
-            gen = current[vni] + 1
+            gen = generation[vni]
             log.extend(
                 {"vni": vni, "generation": gen, "address": a, "op": op}
                 for a, op in sorted(ops.items())
@@ -1029,10 +1056,6 @@ class _Apply:
                 frozenset(a for a, op in ops.items() if op == t.OP_ADD),
                 frozenset(a for a, op in ops.items() if op == t.OP_DEL),
             )
-        await self.many(
-            _BUMP,
-            [{"b_vni": v, "b_gen": c.generation, "b_now": self.now} for v, c in result.items()],
-        )
         await self.many(_INSERT_CHANGE, log)
         await self.many(
             _TRIM,
