@@ -45,14 +45,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     delete,
     event,
     func,
     insert,
     inspect,
+    null,
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -761,6 +764,98 @@ class _Apply:
                 found[r.node_id] = (r.incarnation, r.registered_at)
         return found
 
+    async def node_state(
+        self, node_ids: Iterable[str], vnis: Iterable[int]
+    ) -> tuple[dict[str, tuple[int, float]], dict[str, dict[int, tuple[str, int]]]]:
+        """What a registration needs to know before writing, in as few queries as fit.
+
+        Returns node_id -> (incarnation, registered_at) of the nodes that exist,
+        and node_id -> {VNI: (local_address, applied_generation)} of their
+        claims; also records in `known_vnis` which of `vnis` have a row. One
+        query (a UNION ALL) when the ids and the VNIs each fit one IN list.
+        """
+        by_node = select(
+            _n.c.node_id,
+            _n.c.incarnation,
+            _n.c.registered_at,
+            _nv.c.vni,
+            _nv.c.local_address,
+            _nv.c.applied_generation,
+        ).select_from(_n.outerjoin(_nv, _nv.c.node_id == _n.c.node_id))
+        by_vni = select(
+            cast(null(), _n.c.node_id.type),
+            cast(null(), _n.c.incarnation.type),
+            cast(null(), _n.c.registered_at.type),
+            _v.c.vni,
+            cast(null(), _nv.c.local_address.type),
+            cast(null(), _nv.c.applied_generation.type),
+        )
+        queries: list[Any] = [
+            by_node.where(_n.c.node_id.in_(c)) for c in _chunks(sorted(set(node_ids)))
+        ]
+        queries += [
+            by_vni.where(_v.c.vni.in_(c)) for c in _chunks(sorted(set(vnis) - self.known_vnis))
+        ]
+        if len(queries) == 2:
+            queries = [union_all(*queries)]
+        nodes: dict[str, tuple[int, float]] = {}
+        claims: dict[str, dict[int, tuple[str, int]]] = {}
+        for query in queries:
+            for (
+                node_id,
+                incarnation,
+                registered_at,
+                vni,
+                address,
+                applied,
+            ) in await self.conn.execute(query):
+                if vni is not None:
+                    self.known_vnis.add(vni)  # a claim's VNI has a row (foreign key)
+                if node_id is None:
+                    continue
+                nodes[node_id] = (incarnation, registered_at)
+                if vni is not None:
+                    claims.setdefault(node_id, {})[vni] = (address, applied)
+        return nodes, claims
+
+    async def add_vnis(self, vnis: Iterable[int]) -> None:
+        """Insert the VNIs that are not in `known_vnis` (call after `node_state`)."""
+        missing = set(vnis) - self.known_vnis
+        await self.many(
+            _INSERT_VNI,
+            [{"vni": v, "generation": 0, "updated_at": self.now} for v in sorted(missing)],
+        )
+        self.known_vnis |= missing
+
+    async def owned_and_present(
+        self, node_ids: Iterable[str], keys: Iterable[Key]
+    ) -> tuple[dict[str, set[Key]], dict[Key, tuple[str, str | None]]]:
+        """Members owned by `node_ids`, and (origin, node_id) of the members at `keys`.
+
+        One query (a UNION ALL) for small batches; otherwise `owned_by` and `members_at`.
+        """
+        node_ids, keys = sorted(set(node_ids)), set(keys)
+        if len(node_ids) > _CHUNK or len(keys) > _CHUNK:
+            return await self.owned_by(node_ids), await self.members_at(keys)
+        cols = (_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id)
+        queries: list[Any] = []
+        if node_ids:
+            queries.append(select(*cols).where(_m.c.node_id.in_(node_ids)))
+        if keys:
+            queries.append(select(*cols).where(tuple_(_m.c.vni, _m.c.address).in_(sorted(keys))))
+        owned: dict[str, set[Key]] = {}
+        present: dict[Key, tuple[str, str | None]] = {}
+        wanted_ids = set(node_ids)
+        if not queries:
+            return owned, present
+        query: Any = queries[0] if len(queries) == 1 else union_all(*queries)
+        for vni, address, origin, node_id in await self.conn.execute(query):
+            if node_id is not None and node_id in wanted_ids:
+                owned.setdefault(node_id, set()).add((vni, address))
+            if (vni, address) in keys:
+                present[(vni, address)] = (origin, node_id)
+        return owned, present
+
     async def release(self, keys: set[Key]) -> None:
         """Members at `keys` lose their owner: hand over to a live claimant or delete."""
         if not keys:
@@ -838,14 +933,24 @@ class _Apply:
 
     async def remove_nodes(self, node_ids: set[str]) -> set[str]:
         """Withdraw nodes: claims, then members (handed over or deleted), then the row."""
-        existing = set(await self.existing_nodes(node_ids))
+        existing: set[str] = set()
+        owned: set[Key] = set()
+        for chunk in _chunks(sorted(node_ids)):  # the nodes that exist and what they own
+            rows = await self.conn.execute(
+                select(_n.c.node_id, _m.c.vni, _m.c.address)
+                .select_from(_n.outerjoin(_m, _m.c.node_id == _n.c.node_id))
+                .where(_n.c.node_id.in_(chunk))
+            )
+            for r in rows:
+                existing.add(r.node_id)
+                if r.vni is not None:
+                    owned.add((r.vni, r.address))
         if not existing:
             return existing
         ordered = sorted(existing)
         for chunk in _chunks(ordered):
             await self.conn.execute(delete(_nv).where(_nv.c.node_id.in_(chunk)))
-        owned = await self.owned_by(ordered)
-        await self.release({key for keys in owned.values() for key in keys})
+        await self.release(owned)
         for chunk in _chunks(ordered):
             await self.conn.execute(delete(_n).where(_n.c.node_id.in_(chunk)))
         return existing
@@ -855,8 +960,11 @@ class _Apply:
             return
         now = self.now
         ids = sorted(regs)
-        await self.ensure_vnis(v for r in regs.values() for v in r.vnis)
-        nodes = await self.existing_nodes(ids)
+        all_vnis = {v for r in regs.values() for v in r.vnis}
+        nodes, claims = await self.node_state(ids, all_vnis)
+        await self.add_vnis(all_vnis)
+        desired_keys = {(v, a) for r in regs.values() for v, a in r.vnis.items()}
+        owned, present = await self.owned_and_present(ids, desired_keys)
 
         # nodes
         node_rows, update_rows = [], []
@@ -898,18 +1006,6 @@ class _Apply:
         await self.many(_UPDATE_NODE, update_rows)
 
         # claims
-        claims: dict[str, dict[int, tuple[str, int]]] = {}
-        for chunk in _chunks(ids):
-            rows = await self.conn.execute(
-                select(
-                    _nv.c.node_id, _nv.c.vni, _nv.c.local_address, _nv.c.applied_generation
-                ).where(_nv.c.node_id.in_(chunk))
-            )
-            for row in rows:
-                claims.setdefault(row.node_id, {})[row.vni] = (
-                    row.local_address,
-                    row.applied_generation,
-                )
         drop, add, change = [], [], []
         for nid in ids:
             r, old = regs[nid], claims.get(nid, {})
@@ -936,7 +1032,7 @@ class _Apply:
         await self.many(_UPDATE_CLAIM, change)
 
         # members: release what is no longer claimed, then acquire what is new
-        owned = await self.owned_by(ids)
+        # (`present` was read before: releasing never touches a wanted key)
         lost: set[Key] = set()
         wanted: dict[Key, str] = {}
         for nid in ids:
@@ -949,7 +1045,6 @@ class _Apply:
         await self.release(lost)
         if not wanted:
             return
-        present = await self.members_at(wanted)
         new, takeover = [], []
         for (vni, addr), nid in sorted(wanted.items()):
             origin, _owner = present.get((vni, addr), (None, None))
