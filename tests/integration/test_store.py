@@ -342,6 +342,29 @@ async def test_replace_all_static(store: Store) -> None:
     assert summary == {100: (1, 1), 200: (0, 0), 300: (2, 1)}
 
 
+async def test_refresh_many_nodes_reports_exactly_the_unknown_ones(store: Store) -> None:
+    # more nodes than one IN list (500) and a full-VNI membership read
+    regs = [reg(f"n{i}", {100: f"10.1.{i // 250}.{i % 250 + 1}"}) for i in range(600)]
+    await apply_regs(store, 0.0, *regs)
+    batch = Batch()
+    for i in range(600):
+        batch.refresh(f"n{i}", 100.0 + i)
+    result = await store.apply(batch, 1.0)
+    assert result.unknown == set() and result.changed == {}
+    batch = Batch()
+    for i in range(0, 600, 2):
+        batch.refresh(f"n{i}", 1000.0)
+    batch.refresh("ghost-1", 1000.0)
+    batch.refresh("ghost-2", 1000.0)
+    result = await store.apply(batch, 2.0)
+    assert result.unknown == {"ghost-1", "ghost-2"}
+    expiry = {n.node_id: n.expires_at for n in await store.nodes()}
+    assert expiry["n0"] == 1000.0 and expiry["n1"] == 101.0 and expiry["n598"] == 1000.0
+    # an unchanged re-registration of all of them changes nothing
+    assert await apply_regs(store, 3.0, *regs) == {}
+    assert len(await addresses(store, 100)) == 600
+
+
 # --------------------------------------------------------------------------- acks
 
 
