@@ -48,6 +48,7 @@ FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before re-read
 # long after the previous one ended, so a big write does not cause a storm of full dumps
 FDB_MIN_GAP = 0.1
 LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
+RETRY_FIRST = 0.5  # seconds before repeating a register round a server has not answered
 
 MANAGED = "managed"
 DOWN = "down"
@@ -155,6 +156,9 @@ class Agent:
                 tg.create_task(self._timer(self.config.refresh_interval, self._refresh)),
                 tg.create_task(self._timer(self.config.reconcile_interval, self._tick)),
             ]
+            tasks += [
+                tg.create_task(self._retry(c), name=f"vxrd-retry-{c.name}") for c in self.clients
+            ]
             await self.stop.wait()
             for t in tasks:
                 t.cancel()
@@ -182,6 +186,32 @@ class Agent:
 
     async def _refresh(self) -> None:
         await self.register_all()
+
+    async def _retry(self, client: ServerClient) -> None:
+        """Repeat the register round to a server that has not answered it (not
+        listening yet, restarting, unreachable): after 0.5 s, then 1 s, 2 s, ...
+        capped at the refresh interval. An answer resets the back-off; a round sent
+        for any other reason (refresh, local change) restarts the wait."""
+        delay = RETRY_FIRST
+        cap = max(RETRY_FIRST, self.config.refresh_interval)
+        while True:
+            client.poke.clear()
+            if client.answered or client.round_sent is None or self._leaving:
+                delay = RETRY_FIRST
+                await client.poke.wait()
+                continue
+            wait = client.round_sent + delay - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await client.poke.wait()
+                continue  # look again: answered, or a newer round
+            log.debug("server %s: no answer after %.1f s, registering again", client.name, delay)
+            try:
+                await client.send_register(self.serving, self._hold)
+            except Exception:
+                log.exception("server %s: register retry failed", client.name)
+            delay = min(delay * 2, cap)
 
     async def _tick(self) -> None:
         self.kick(0.0)
@@ -462,6 +492,7 @@ class Agent:
                     "address": None if c.address is None else c.address[0],
                     "registry": c.state.registry or None,
                     "last_contact": c.last_contact,
+                    "answered": c.answered,
                     "seconds_since_contact": None
                     if c.last_contact is None
                     else round(now - c.last_contact, 3),

@@ -104,18 +104,28 @@ class ServerState:
         self._assembling.clear()
         self.registry = registry
 
-    def handle(self, msg: Membership, now: float) -> Outcome:
-        """Apply one membership part; `now` is a monotonic time for assembly expiry."""
-        out = Outcome()
-        if msg.registry != self.registry:
+    def _check_registry(self, registry: str, out: Outcome) -> None:
+        if registry != self.registry:
             if self.registry:
                 log.warning(
                     "registry id changed from %s to %s: generations start over",
                     self.registry,
-                    msg.registry,
+                    registry,
                 )
                 out.reset = True
-            self._reset(msg.registry)
+            self._reset(registry)
+
+    def handle_reply(self, msg: Ack) -> Outcome:
+        """The server's answer to a register round. Only its registry id matters here:
+        a VNI where the server is ahead is pushed by the server on its own."""
+        out = Outcome()
+        self._check_registry(msg.registry, out)
+        return out
+
+    def handle(self, msg: Membership, now: float) -> Outcome:
+        """Apply one membership part; `now` is a monotonic time for assembly expiry."""
+        out = Outcome()
+        self._check_registry(msg.registry, out)
         current = self.applied(msg.vni)
         if msg.generation <= current:
             out.reacks.append((msg.vni, current))
@@ -222,6 +232,10 @@ class ServerClient:
         self.drops: Counter[str] = Counter()
         self.last_contact: float | None = None  # wall-clock time of the last valid datagram
         self.round = 0
+        # register rounds are answered with an Ack; until then the agent retries
+        self.round_sent: float | None = None  # monotonic time of the last round
+        self.answered = False  # the server replied since our last round
+        self.poke = asyncio.Event()  # set on every round sent and every reply
         self.address: tuple[str, int] | None = None  # resolved (ip, port)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -290,6 +304,9 @@ class ServerClient:
 
     async def send_register(self, serve: Mapping[int, Address], hold_time: int) -> None:
         """One register round: every VNI served with its local VTEP and applied generation."""
+        self.round_sent = time.monotonic()  # also when it cannot go out: retried later
+        self.answered = False
+        self.poke.set()
         if not await self._ensure_socket():
             return
         self.round += 1
@@ -305,7 +322,8 @@ class ServerClient:
             self._send(self.codec.encode(Ack(self.seq.next(), self.state.registry, items)))
 
     def feed(self, data: bytes, source: str, now_wall: float, now_mono: float) -> Outcome | None:
-        """Check and apply one datagram (sans-IO apart from the ack for duplicates)."""
+        """Check and apply one datagram (sans-IO apart from the ack for duplicates):
+        a membership, or an Ack answering our register round."""
         if self.address is None or _norm(source) != _norm(self.address[0]):
             self.count_drop("unexpected-source")
             return None
@@ -314,7 +332,7 @@ class ServerClient:
         except Rejected as exc:
             self.count_drop(exc.reason)
             return None
-        if not isinstance(msg, Membership):
+        if not isinstance(msg, Membership | Ack):
             self.count_drop("type")
             return None
         env = msg.env
@@ -323,6 +341,10 @@ class ServerClient:
             self.count_drop(reason)
             return None
         self.last_contact = now_wall
+        if isinstance(msg, Ack):
+            self.answered = True
+            self.poke.set()
+            return self.state.handle_reply(msg)
         if self.wants is not None and not self.wants(msg.vni):
             self.count_drop("not-for-us")
             return None

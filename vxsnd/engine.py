@@ -43,6 +43,7 @@ from vxsnd.stamp import Stamped
 log = logging.getLogger("vxsnd.engine")
 
 ACK_FLUSH = 1.0  # seconds an ack may wait to be written when nothing else is
+REPLY_VNIS = 64  # at most this many (vni, generation) pairs in one register reply
 BURST_ALLOWANCE = 0.0001  # extra ack wait per datagram sent in the same step
 
 PeerAddr = tuple[str, int]  # (host, port) as given by the socket (v6 may carry more)
@@ -320,6 +321,8 @@ class Engine:
             self.metrics.batches.inc()
             self._absorb(batch, pending, result)
         out: list[Outgoing] = []
+        if pending:  # register replies first: an agent hears the answer, then the pushes
+            self._reply(pending, out)
         self._started = []
         await self._push_dirty(now, out)
         await self._retransmit(now, out)
@@ -338,6 +341,35 @@ class Engine:
                 len(out),
                 (self._clock() - now) * 1000,
             )
+        return out
+
+    def _reply(self, pending: dict[str, _Pending], out: list[Outgoing]) -> None:
+        """Answer every register round applied in this step with an Ack: the registry
+        id and its current generation of each VNI the node listed (from memory, no
+        registry read). Tells the agent this server is alive and heard it."""
+        registry = self.registry.registry_id
+        for node_id, p in pending.items():
+            node = self.nodes.get(node_id)
+            if node is not None and node.hold_time < 0:
+                continue  # the registry lost it: no answer, so the agent retries soon
+            if node is not p.node:
+                continue  # not adopted (withdrawn or expired in the same batch)
+            gens = [(vni, self.generations.get(vni, 0)) for vni in sorted(node.vnis)]
+            for data in self._reply_datagrams(registry, gens):
+                out.append((data, node.addr, node.via))
+                self._sent.inc()
+
+    def _reply_datagrams(self, registry: str, gens: list[tuple[int, int]]) -> list[bytes]:
+        chunks = [gens[i : i + REPLY_VNIS] for i in range(0, len(gens), REPLY_VNIS)] or [[]]
+        out: list[bytes] = []
+        while chunks:
+            chunk = chunks.pop(0)
+            data = self.codec.encode(Ack(self.seq.next(), registry, tuple(chunk)))
+            if len(data) > self.settings.budget and len(chunk) > 1:
+                half = len(chunk) // 2
+                chunks[:0] = [chunk[:half], chunk[half:]]  # a small budget: split further
+                continue
+            out.append(data)
         return out
 
     def _requeue(self, failed: store.Batch, pending: dict[str, _Pending]) -> None:

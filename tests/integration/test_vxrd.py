@@ -538,6 +538,54 @@ async def test_union_of_two_servers(ns: str, tmp_path: Path) -> None:
             await asyncio.wait_for(task, 5.0)
 
 
+async def test_agent_started_before_the_server_converges_soon_after_it_starts(
+    ns: str, tmp_path: Path
+) -> None:
+    """Unanswered register rounds are retried (0.5 s, 1 s, 2 s, ...), not left until
+    the next refresh (hold/3 = 30 s here): a real vxsnd started 2 s after the agent."""
+    from tests.integration.agent_sim import Agent as SimAgent
+    from tests.integration.vxsnd_harness import make_config, running
+    from vxsnd.config import ListenAddr
+
+    local_vxlan(ns, "vx100", 100)
+    port = free_port()
+    config = Config(
+        servers=(ServerAddr("127.0.0.1", port),),
+        node_id="node-a",
+        status_socket=tmp_path / "vxrd.sock",
+    )
+    assert config.refresh_interval == 30
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, Kernel(netns=ns), stop=stop, signals=False))
+    try:
+        await asyncio.sleep(2.0)  # nobody listens: the first rounds are lost
+        rc, out, err = await ctl(tmp_path / "vxrd.sock", "--json", "status")
+        assert rc == 0, err
+        (server,) = json.loads(out)["servers"]
+        assert server["answered"] is False and server["last_contact"] is None
+        cfg = make_config(
+            f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+            listen=(ListenAddr("127.0.0.1", port),),
+        )
+        async with running(cfg):
+            peer = await SimAgent.create("node-b", ("127.0.0.1", port))
+            peer.register({100: address("10.77.0.2")})
+            took = await has_flood(ns, "vx100", {"10.77.0.2"}, within=6.0)
+            print(f"server up -> flood list: {took:.2f} s")
+            assert took < 4.0
+            await until(
+                lambda: _true(peer.members.get(100) == {address(OWN), address("10.77.0.2")}),
+                what="the agent's registration pushed to the peer",
+            )
+            rc, out, err = await ctl(tmp_path / "vxrd.sock", "--json", "status")
+            (server,) = json.loads(out)["servers"]
+            assert server["answered"] is True and server["registry"] is not None
+            peer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5.0)
+
+
 # ------------------------------------------------------------------ the real process
 
 

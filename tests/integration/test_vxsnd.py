@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,72 @@ async def test_restart_after_outage_longer_than_hold_time_keeps_members(db: str)
         await wait_until(lambda: m.value("vxsnd_expiries_total") == 3, 5, "expiry after grace")
         for a in group:
             a.close()
+
+
+class ReplyAgent(Agent):
+    """A simulated agent that also records the server's register replies."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.replies: list[Ack] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = self.codec.decode(data)
+        if isinstance(msg, Ack):
+            self.replies.append(msg)
+            return
+        super().datagram_received(data, addr)
+
+    def got(self) -> list[Ack]:
+        return self.replies
+
+
+async def test_every_register_round_is_answered_refreshes_included(db: str) -> None:
+    async with running(make_config(db)) as daemon:
+        group = await join_three(daemon)
+        probe = await ReplyAgent.create("probe", server_addr(daemon))
+        assert isinstance(probe, ReplyAgent)
+        probe.register({VNI: vtep(4), 200: vtep(4)})
+        await wait_until(lambda: bool(probe.got()), 5, "the register reply")
+        first = probe.got()[0]
+        gens = await daemon.store.generations()
+        assert first.registry == daemon.store.registry_id
+        assert first.applied == ((VNI, gens[VNI]), (200, gens[200]))
+        await wait_until(lambda: converged([*group, probe]), 5, "the probe's join pushed")
+        m = daemon.metrics
+        pushes = m.value("vxsnd_pushes_total", kind="snapshot") + m.value(
+            "vxsnd_pushes_total", kind="delta"
+        )
+        # a refresh (nothing changed) gets exactly one reply with the current generations
+        n = len(probe.got())
+        probe.register()
+        await wait_until(lambda: len(probe.got()) > n, 5, "the refresh reply")
+        reply = probe.got()[n]
+        assert reply.registry == daemon.store.registry_id
+        assert reply.applied == ((VNI, gens[VNI]), (200, gens[200]))
+        assert reply.env.sender == daemon.engine.settings.server_id
+        assert await daemon.store.generations() == gens  # nothing bumped
+        await asyncio.sleep(0.2)
+        assert len(probe.got()) == n + 1
+        assert (
+            m.value("vxsnd_pushes_total", kind="snapshot")
+            + m.value("vxsnd_pushes_total", kind="delta")
+            == pushes
+        )
+        for a in (*group, probe):
+            a.close()
+
+
+async def test_register_reply_is_split_within_the_budget(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db)) as daemon:
+        probe = await ReplyAgent.create("probe", server_addr(daemon))
+        assert isinstance(probe, ReplyAgent)
+        vnis = {v: vtep(1) for v in range(1000, 1300)}
+        probe.register(vnis)
+        await wait_until(
+            lambda: sum(len(r.applied) for r in probe.got()) == len(vnis), 5, "all replies"
+        )
+        assert len(probe.got()) > 1
+        assert sorted(v for r in probe.got() for v, _ in r.applied) == sorted(vnis)
+        probe.close()

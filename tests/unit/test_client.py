@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from schema.keys import Key, Keyring
-from schema.wire import Codec, Envelope, Membership, Sequencer, address, split_membership
+from schema.wire import Ack, Codec, Envelope, Membership, Sequencer, address, split_membership
 from vxrd.client import ASSEMBLY_TIMEOUT, ServerClient, ServerState, union_members
 from vxrd.config import ServerAddr
 
@@ -186,3 +188,39 @@ def test_feed_refuses_old_datagrams() -> None:
     data = _wire(Codec(), snap(100, 1, A), seq)
     assert c.feed(data, "192.0.2.1", 1000.0 + 3600, 0.0) is None
     assert c.drops["stale"] == 1
+
+
+def test_server_ack_answers_the_round_and_carries_the_registry_id() -> None:
+    c, sent = _client()
+    seq = Sequencer("snd")
+    codec = Codec()
+    c.answered = True  # as after an earlier round; a new round clears it
+    c.poke.clear()
+    c._ensure_socket = lambda: _done(True)  # type: ignore[method-assign]
+    asyncio.run(c.send_register({100: A}, 90))
+    assert not c.answered and c.round_sent is not None and c.poke.is_set()
+    # the first reply: registry id learnt, not a reset
+    reply = codec.encode(Ack(seq.next(), "r1", ((100, 4),)))
+    out = c.feed(reply, "192.0.2.9", seq._clock(), 0.0)  # wrong source: dropped
+    assert out is None and not c.answered and c.drops["unexpected-source"] == 1
+    now = seq._clock()
+    out = c.feed(reply, "192.0.2.1", now, 0.0)
+    assert out is not None and not out.reset and not out.changed and not out.acks
+    assert c.answered and c.last_contact == now and c.state.registry == "r1"
+    assert c.feed(reply, "192.0.2.1", now, 0.0) is None and c.drops["replay"] == 1
+    # the server's generation differs from ours: nothing to do, it pushes on its own
+    c.feed(_wire(codec, snap(100, 2, A, B), seq), "192.0.2.1", now, 0.0)
+    out = c.feed(codec.encode(Ack(seq.next(), "r1", ((100, 3),))), "192.0.2.1", now + 1, 0.0)
+    assert out is not None and not out.reset and c.state.applied(100) == 2
+    assert c.last_contact == now + 1
+    # a new registry id: like a membership from a new registry
+    out = c.feed(codec.encode(Ack(seq.next(), "r2", ((100, 1),))), "192.0.2.1", now + 2, 0.0)
+    assert out is not None and out.reset
+    assert c.state.registry == "r2" and c.state.applied(100) == 0
+    assert c.state.members(100) == {A, B}  # kept (fail-static) until r2 answers
+    # a register reply needs no ack back (only the register itself went out)
+    assert all(not isinstance(Codec().decode(d), Ack) for d in sent)
+
+
+async def _done(value: bool) -> bool:
+    return value

@@ -79,9 +79,16 @@ def feed(eng: Engine, node: Node, datagrams: list[bytes], now: float) -> None:
 
 
 def decoded(out: list[tuple[bytes, tuple[str, int], int]], node: Node) -> list[Membership]:
+    """The memberships sent to `node` (register replies left out: see `replies`)."""
     msgs = [CODEC.decode(d) for d, addr, _ in out if addr == node.addr]
-    assert all(isinstance(m, Membership) for m in msgs)
-    return msgs  # type: ignore[return-value]
+    assert all(isinstance(m, Membership | Ack) for m in msgs)
+    return [m for m in msgs if isinstance(m, Membership)]
+
+
+def replies(out: list[tuple[bytes, tuple[str, int], int]], node: Node) -> list[Ack]:
+    """The register replies (server Acks) sent to `node`."""
+    msgs = [CODEC.decode(d) for d, addr, _ in out if addr == node.addr]
+    return [m for m in msgs if isinstance(m, Ack)]
 
 
 async def test_join_snapshot_then_delta_after_ack(engine: tuple[Engine, Clock]) -> None:
@@ -119,10 +126,18 @@ async def test_multi_part_round_and_refresh_bumps_nothing(engine: tuple[Engine, 
     out = await eng.step(clock.now)
     assert len(decoded(out, a)) == 200
     gens = dict(eng.generations)
+    answer = replies(out, a)
+    assert [v for r in answer for v in r.applied] == sorted(gens.items())
+    assert all(len(r.applied) <= 64 for r in answer)
     a.registry = eng.registry.registry_id
     feed(eng, a, a.register(vnis, applied=gens), clock.now + 1)
     out = await eng.step(clock.now + 1)
-    assert out == [] and eng.generations == gens
+    # a refresh: nothing pushed, nothing bumped, only the reply to the round
+    assert decoded(out, a) == [] and eng.generations == gens
+    answer = replies(out, a)
+    assert len(out) == len(answer) == 4  # 200 VNIs, 64 per reply
+    assert all(r.registry == eng.registry.registry_id for r in answer)
+    assert [v for r in answer for v in r.applied] == sorted(gens.items())
     assert eng.metrics.value("vxsnd_refreshes_total") == 1
 
 
@@ -130,7 +145,9 @@ async def test_unacked_push_is_retransmitted_with_backoff(engine: tuple[Engine, 
     eng, clock = engine
     a = Node("a", 1001, clock)
     feed(eng, a, a.register({100: "10.0.0.1"}), clock.now)
-    assert len(decoded(await eng.step(clock.now), a)) == 1
+    out = await eng.step(clock.now)
+    assert len(decoded(out, a)) == 1
+    assert [r.applied for r in replies(out, a)] == [((100, 1),)]
     assert await eng.step(clock.now + 0.1) == []
     clock.now += 0.3
     assert len(decoded(await eng.step(clock.now), a)) == 1
