@@ -452,11 +452,17 @@ def test_vxrd_sigkill_and_restart_keep_the_flood_list(
     restarted = time.time()
     ov.start_vxrd(h1)  # a new incarnation adopts what the kernel holds
 
+    first_contact: list[float] = []
+
     def resynced() -> bool:
+        # refresh replies move last_contact on their own, so compare the reconcile
+        # with the first contact of the new process, not with the latest one
         st = ov.status(h1)
         contact = st["servers"][0]["last_contact"]
         reconciled = st["last_reconcile"]
-        return bool(contact and reconciled and contact > restarted and reconciled > contact)
+        if contact and contact > restarted and not first_contact:
+            first_contact.append(contact)
+        return bool(first_contact and reconciled and reconciled >= first_contact[0])
 
     wait_until(resynced, timeout=START, what="the new vxrd heard from vxsnd and reconciled")
     mesh = full_mesh(100, lab.hosts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,14 +78,6 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r": cannot read config file: Is a directory"):
         TABLE.load_file(tmp_path)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "hold_time = 5\n")
-    path.chmod(0)
-    with pytest.raises(ConfigError, match=r"c\.toml: cannot read config file: Permission denied"):
-        TABLE.load_file(path)
 
 
 def test_bad_value_in_file_names_file_and_key(tmp_path: Path) -> None:
