@@ -77,7 +77,7 @@ class Config:
     listen: tuple[ListenAddr, ...] = (ListenAddr("::", DEFAULT_PORT),)
     db: str = field(default_factory=default_db_url)
     key_file: Path | None = None
-    hold_time: int = 3600
+    max_hold_time: int = 3600
     batch_window: float = 5.0  # milliseconds
     retransmit_initial: float = 0.25
     retransmit_max: float = 30.0
@@ -157,7 +157,7 @@ TABLE = OptionTable(
             "none, unsigned",
         ),
         Option(
-            "hold_time",
+            "max_hold_time",
             int_range(1, MAX_HOLD_TIME),
             "S",
             "largest hold time an agent may register with; registers asking more are "
@@ -256,7 +256,7 @@ def build_parser(prog: str = "vxsnd") -> argparse.ArgumentParser:
         "flood lists to the agents (vxrd). 'vxsnd db upgrade|current' manages the "
         "registry schema.",
         epilog="Every option can also be set in the TOML file given by --config "
-        '(snake_case keys, e.g. hold_time = 600, listen = ["[::]:10001"]); flags '
+        '(snake_case keys, e.g. max_hold_time = 600, listen = ["[::]:10001"]); flags '
         "override the file.",
     )
 

@@ -118,7 +118,7 @@ class Daemon:
                 Codec(self.keyring),
                 Settings(
                     server_id=cfg.server_id,
-                    hold_time_max=cfg.hold_time,
+                    hold_time_max=cfg.max_hold_time,
                     budget=cfg.budget,
                     replay_window=cfg.replay_window,
                     retransmit=Backoff(cfg.retransmit_initial, cfg.retransmit_max),

@@ -33,23 +33,32 @@ def test_parse_listen_refuses(text: str) -> None:
 def test_defaults() -> None:
     cfg = load(["--db", "sqlite:///x.db"])
     assert cfg.listen == (ListenAddr("::", 10001),)
-    assert (cfg.hold_time, cfg.batch_window, cfg.budget, cfg.queue_size) == (3600, 5.0, 1400, 65536)
+    assert (cfg.max_hold_time, cfg.batch_window, cfg.budget, cfg.queue_size) == (
+        3600,
+        5.0,
+        1400,
+        65536,
+    )
     assert (cfg.retransmit_initial, cfg.retransmit_max, cfg.replay_window) == (0.25, 30.0, 60.0)
     assert cfg.key_file is None and cfg.log_level == "INFO"
 
 
 def test_file_then_flags(tmp_path: Path) -> None:
     f = tmp_path / "vxsnd.toml"
-    f.write_text('listen = ["127.0.0.1:7000", "[::1]:7000"]\nhold_time = 600\nbatch_window = 2\n')
-    cfg = load(["--config", str(f), "--hold-time", "120"])
+    f.write_text(
+        'listen = ["127.0.0.1:7000", "[::1]:7000"]\nmax_hold_time = 600\nbatch_window = 2\n'
+    )
+    cfg = load(["--config", str(f), "--max-hold-time", "120"])
     assert cfg.listen == (ListenAddr("127.0.0.1", 7000), ListenAddr("::1", 7000))
-    assert cfg.hold_time == 120 and cfg.batch_window == 2.0
+    assert cfg.max_hold_time == 120 and cfg.batch_window == 2.0
 
 
 def test_unknown_key_suggests(tmp_path: Path) -> None:
     f = tmp_path / "vxsnd.toml"
-    f.write_text("hold_tme = 5\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'hold_tme' \(did you mean 'hold_time'\?\)"):
+    f.write_text("max_hold_tme = 5\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'max_hold_tme' \(did you mean 'max_hold_time'\?\)"
+    ):
         load(["--config", str(f)])
 
 
