@@ -85,6 +85,7 @@ class Config:
     budget: int = DEFAULT_BUDGET
     queue_size: int = 65536
     sweep_interval: float = 1.0
+    registry_poll: float = 1.0
     drain_timeout: float = 5.0
     server_id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
@@ -211,6 +212,14 @@ TABLE = OptionTable(
             number_range(0.05, 3600, "seconds"),
             "S",
             "how often expired registrations are swept",
+            "1",
+        ),
+        Option(
+            "registry_poll",
+            number_range(0, 3600, "seconds"),
+            "S",
+            "how often the registry is checked for changes made by other vxsnd instances "
+            "sharing it (pushed to the nodes registered here); 0 disables",
             "1",
         ),
         Option(

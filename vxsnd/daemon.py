@@ -1,10 +1,11 @@
 """The service node process: one event loop, one registry, UDP, timers.
 
 Start: open the registry (refuse an outdated schema with the command to run),
-load generations, bind the UDP sockets, start the sweeper and any extra
-services. Stop (SIGTERM/SIGINT, or the injectable `shutdown_trigger`): close
-the UDP sockets first, then finish the batch in flight under `drain_timeout`,
-then stop the extra services, then close the registry.
+load generations, bind the UDP sockets, start the sweeper, the registry watch
+(vxsnd.watch) and any extra services. Stop (SIGTERM/SIGINT, or the injectable
+`shutdown_trigger`): close the UDP sockets first, then finish the batch in
+flight under `drain_timeout`, then stop the extra services, then close the
+registry.
 
 Extension hook: `Daemon.services` takes factories `(daemon) -> async context
 manager`; each is entered once the registry and engine exist (after the UDP
@@ -32,6 +33,7 @@ from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
 from vxsnd.server import Server
+from vxsnd.watch import run_watch
 
 log = logging.getLogger("vxsnd")
 
@@ -144,6 +146,9 @@ class Daemon:
         assert self._stop is not None
         server = self.server
         sweeper = asyncio.create_task(run_sweeper(self.engine, self.cfg.sweep_interval))
+        timers = [sweeper]
+        if self.cfg.registry_poll > 0:
+            timers.append(asyncio.create_task(run_watch(self.engine, self.cfg.registry_poll)))
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -166,7 +171,8 @@ class Daemon:
                 await asyncio.wait({trigger, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 log.info("stopping")
                 server.close_endpoints()
-                sweeper.cancel()
+                for timer in timers:
+                    timer.cancel()
                 try:
                     await asyncio.wait_for(server.drain(), self.cfg.drain_timeout)
                 except TimeoutError:
@@ -175,9 +181,9 @@ class Daemon:
                     log.warning("last batch failed: %s", exc)
         finally:
             server.close_endpoints()
-            for task in (sweeper, trigger, stopped):
+            for task in (*timers, trigger, stopped):
                 task.cancel()
-            for task in (sweeper, trigger, stopped):
+            for task in (*timers, trigger, stopped):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             for sig in installed:

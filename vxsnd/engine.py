@@ -65,6 +65,8 @@ class Registry(Protocol):
 
     async def nodes(self) -> list[store.Node]: ...
 
+    async def generations(self, vnis: Iterable[int] | None = None) -> dict[int, int]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -138,6 +140,7 @@ class Engine:
         self._delta: dict[tuple[int, int, int], list[Stamped] | None] = {}
         self._member_count: dict[int, int] = {}
         self._acks_since = 0.0
+        self._watch = False  # a registry watch was asked for (see request_watch)
         self.rtt = push.RttEstimator()
         self._started: list[tuple[str, int, InFlight]] = []
         self._pushes = {k: metrics.pushes.labels(kind=k) for k in ("delta", "snapshot")}
@@ -287,7 +290,7 @@ class Engine:
         """Anything to do now? Acks alone wait up to ACK_FLUSH (they only record what
         nodes applied; pushes never wait for them to be written)."""
         b = self._batch
-        if b.node_ops or b.sweep or b.static_ops or self._dirty:
+        if b.node_ops or b.sweep or b.static_ops or self._dirty or self._watch:
             return True
         if not b.acks:
             return False
@@ -303,6 +306,33 @@ class Engine:
     def request_sweep(self) -> None:
         self._batch.expire()
         self.on_work()
+
+    def request_watch(self) -> None:
+        """Compare the registry's generations with ours in the next step (vxsnd.watch)."""
+        self._watch = True
+        self.on_work()
+
+    async def _watch_registry(self) -> None:
+        """One read of every VNI's generation; each VNI that moved without this
+        instance writing it (another vxsnd on the same registry did) is planned like
+        a change of our own: every node registered here that is behind gets a push."""
+        self._watch = False
+        try:
+            current = await self.registry.generations()
+        except Exception:
+            self._rlog.log(logging.WARNING, "watch", "registry watch: read failed, will retry")
+            log.debug("registry watch failed", exc_info=True)
+            return
+        moved = 0
+        for vni, gen in current.items():
+            if gen <= self.generations.get(vni, 0):
+                continue
+            moved += 1
+            self.generations[vni] = gen
+            for node_id in self.vni_nodes.get(vni, ()):
+                self._dirty.add((node_id, vni))
+        if moved:
+            log.debug("registry watch: %d VNIs changed by another instance", moved)
 
     async def step(self, now: float) -> list[Outgoing]:
         """Apply the queued batch (one transaction), then plan pushes and retransmits."""
@@ -320,6 +350,8 @@ class Engine:
                 raise
             self.metrics.batches.inc()
             self._absorb(batch, pending, result)
+        if self._watch:  # after our own batch: what moved now was written elsewhere
+            await self._watch_registry()
         out: list[Outgoing] = []
         if pending:  # register replies first: an agent hears the answer, then the pushes
             self._reply(pending, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from schema.wire import Ack, Codec, Envelope, Register, VniEntry, address
 from tests.integration.agent_sim import Agent, wait_until
 from tests.integration.apiharness import postgres_database
 from tests.integration.vxsnd_harness import make_config, running, server_addr
+from vxsnd import store as store_mod
 from vxsnd.daemon import Daemon
 
 VNI = 100
@@ -309,3 +311,29 @@ async def test_register_reply_is_split_within_the_budget(tmp_path: Path) -> None
         assert len(probe.got()) > 1
         assert sorted(v for r in probe.got() for v, _ in r.applied) == sorted(vnis)
         probe.close()
+
+
+async def test_registry_watch_pushes_changes_made_through_another_instance(db: str) -> None:
+    """Two vxsnd on one registry, agents registered with A only: a static VTEP
+    enrolled and a node withdrawn through B reach A's agents by A's registry watch."""
+    a_cfg = make_config(db, server_id="vxsnd-a", registry_poll=0.2, api=None)
+    b_cfg = make_config(db, server_id="vxsnd-b", registry_poll=0.2, api=None)
+    async with running(a_cfg) as a_daemon, running(b_cfg) as b_daemon:
+        one, two, three = await join_three(a_daemon)
+
+        batch = store_mod.Batch()
+        batch.enrol_static(store_mod.StaticVtep(VNI, "10.9.0.1"))
+        await b_daemon.apply_batch(batch, time.time())
+        static = ipaddress.IPv4Address("10.9.0.1")
+        await wait_until(lambda: static in one.peers(VNI), 2, "static VTEP pushed by A")
+        await wait_until(lambda: static in two.peers(VNI), 2, "static VTEP pushed by A")
+
+        batch = store_mod.Batch()
+        batch.withdraw("node3")
+        await b_daemon.apply_batch(batch, time.time())
+        await wait_until(lambda: one.peers(VNI) == {vtep(2), static}, 2, "withdrawal via B")
+        await wait_until(lambda: two.peers(VNI) == {vtep(1), static}, 2, "withdrawal via B")
+        gens = await a_daemon.store.generations()
+        assert a_daemon.engine.generations[VNI] == gens[VNI]
+        for agent in (one, two, three):
+            agent.close()
