@@ -302,7 +302,9 @@ class Agent:
                     gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
                     self.kick(max(FDB_DEBOUNCE, gap))
             elif isinstance(ev, LinkChanged):
-                dev = await self.kernel.get_vxlan(ev.ifindex)
+                dev = ev.device
+                if dev is None:  # the notification lacked what we need: ask
+                    dev = await self.kernel.get_vxlan(ev.ifindex)
                 if dev is None:
                     self._drop_device(ev.ifindex)
                 else:

@@ -18,7 +18,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Container, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -108,9 +108,12 @@ class ApplyResult:
 
 @dataclass(frozen=True)
 class LinkChanged:
-    """A VXLAN device appeared or changed; the caller re-reads it."""
+    """A VXLAN device appeared or changed: `device` as the notification describes
+    it, or None when the notification lacked attributes needed for it (the
+    caller then re-reads the device with get_vxlan)."""
 
     ifindex: int
+    device: VxlanDevice | None = None
 
 
 @dataclass(frozen=True)
@@ -154,22 +157,27 @@ def _pick(msg: Any, names: frozenset[str]) -> dict[str, Any]:
 
 
 def _device(msg: Any) -> VxlanDevice | None:
-    """A VxlanDevice from pyroute2's parsed ifinfmsg, None if the link is not VXLAN.
-
-    IFLA_LINKINFO -> IFLA_INFO_KIND 'vxlan' -> IFLA_INFO_DATA. pyroute2 decodes
-    attribute values lazily, on first access: only the attributes used here
-    are touched. pyroute2 0.9.7 does not know IFLA_VXLAN_VNIFILTER (type 30)
-    and keeps it as an UNKNOWN attribute with its raw header; its one-byte
-    value is read from the buffer pyroute2 keeps (data, offset). vnifilter
-    devices are always external (collect_metadata), which vxrd leaves alone
-    anyway; should a later pyroute2 stop exposing the raw attribute, vnifilter
-    reads False and nothing else changes.
-    """
+    """A VxlanDevice from pyroute2's parsed ifinfmsg, None if the link is not VXLAN."""
     top = _pick(msg, _LINK_ATTRS)
     info = _pick(top["IFLA_LINKINFO"], _INFO_ATTRS) if "IFLA_LINKINFO" in top else {}
     if info.get("IFLA_INFO_KIND") != "vxlan":
         return None
-    data = info.get("IFLA_INFO_DATA")
+    return _vxlan_device(msg, top, info.get("IFLA_INFO_DATA"))
+
+
+def _vxlan_device(msg: Any, top: dict[str, Any], data: Any) -> VxlanDevice:
+    """The VxlanDevice of a VXLAN link message: `top` its picked link attributes,
+    `data` its IFLA_INFO_DATA (IFLA_LINKINFO -> IFLA_INFO_KIND 'vxlan' ->
+    IFLA_INFO_DATA).
+
+    pyroute2 decodes attribute values lazily, on first access: only the
+    attributes used here are touched. pyroute2 0.9.7 does not know
+    IFLA_VXLAN_VNIFILTER (type 30) and keeps it as an UNKNOWN attribute with
+    its raw header; its one-byte value is read from the buffer pyroute2 keeps
+    (data, offset). vnifilter devices are always external (collect_metadata),
+    which vxrd leaves alone anyway; should a later pyroute2 stop exposing the
+    raw attribute, vnifilter reads False and nothing else changes.
+    """
     found: dict[str, Any] = {}
     vnifilter = False
     for slot in data["attrs"] if data is not None else ():
@@ -195,16 +203,35 @@ def _device(msg: Any) -> VxlanDevice | None:
     )
 
 
-def _link_event(msg: Any) -> KernelEvent | None:
-    """A link notification -> LinkChanged/LinkRemoved for VXLAN devices, else None."""
-    linkinfo = _pick(msg, _LINK_ATTRS).get("IFLA_LINKINFO")
-    if linkinfo is None or _pick(linkinfo, _INFO_ATTRS).get("IFLA_INFO_KIND") != "vxlan":
-        return None
+def _link_event(msg: Any, known: Container[int]) -> KernelEvent | None:
+    """A link notification -> LinkChanged/LinkRemoved for VXLAN devices, else None.
+
+    The kernel's notifications carry the whole link (name, flags, operstate,
+    IFLA_LINKINFO with the VXLAN data), so LinkChanged carries the device
+    parsed from the message itself and the caller does not ask the kernel
+    again. A message without what the device needs (no IFLA_LINKINFO,
+    IFLA_INFO_DATA or name) about an ifindex known to be VXLAN (`known`)
+    still counts, with device None: the caller re-reads that one.
+    """
+    top = _pick(msg, _LINK_ATTRS)
+    index = msg["index"]
+    linkinfo = top.get("IFLA_LINKINFO")
+    data = None
+    if linkinfo is None:
+        if index not in known:
+            return None
+    else:
+        info = _pick(linkinfo, _INFO_ATTRS)
+        if info.get("IFLA_INFO_KIND") != "vxlan":
+            return None
+        data = info.get("IFLA_INFO_DATA")
     event = msg.get("event")
     if event == "RTM_NEWLINK":
-        return LinkChanged(msg["index"])
+        if data is None or "IFLA_IFNAME" not in top:
+            return LinkChanged(index)
+        return LinkChanged(index, _vxlan_device(msg, top, data))
     if event == "RTM_DELLINK":
-        return LinkRemoved(msg["index"])
+        return LinkRemoved(index)
     return None
 
 
@@ -449,7 +476,7 @@ class Kernel:
         while self._links is not None:
             try:
                 async for msg in self._links.get():
-                    event = _link_event(msg)
+                    event = _link_event(msg, self._vxlan)
                     if event is not None:
                         yield event
             except OSError as exc:

@@ -30,6 +30,7 @@ from vxrd.kernel import (
     LinkChanged,
     LinkRemoved,
     Resync,
+    VxlanDevice,
 )
 from vxrd.reconcile import FloodDiff
 
@@ -311,6 +312,26 @@ class Recorder:
         await eventually(lambda: event in self.seen)
         return self.seen.index(event)
 
+    async def wait_link(
+        self, ifindex: int, check: Callable[[VxlanDevice], bool] = lambda d: True
+    ) -> VxlanDevice:
+        """Wait for a LinkChanged of ifindex whose device passes check; return it."""
+        found: list[VxlanDevice] = []
+
+        def seen() -> bool:
+            found[:] = [
+                e.device
+                for e in self.seen
+                if isinstance(e, LinkChanged)
+                and e.ifindex == ifindex
+                and e.device is not None
+                and check(e.device)
+            ]
+            return bool(found)
+
+        await eventually(seen)
+        return found[-1]
+
     async def stop(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -322,19 +343,20 @@ async def test_link_and_fdb_events(lab: Lab, kern: Kernel) -> None:
     try:
         idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
         other = lab.vxlan("vx5", "id", "101", "local", "10.0.0.1", "dstport", "4790")
-        await rec.wait_for(LinkChanged(idx))
+        # the event carries the device, parsed from the notification itself
+        assert await rec.wait_link(idx) == await kern.get_vxlan(idx)
         lab.run("ip", "link", "add", "ve0", "type", "veth", "peer", "name", "ve1")
         veth = lab.ifindex("ve0")
 
         rec.seen.clear()
         lab.run("ip", "link", "set", "vx4", "up")
-        await rec.wait_for(LinkChanged(idx))
-        dev = await kern.get_vxlan(idx)
-        assert dev is not None and dev.up
+        dev = await rec.wait_link(idx, lambda d: d.up)
+        assert dev == await kern.get_vxlan(idx)
 
         rec.seen.clear()
         lab.run("ip", "link", "set", "vx4", "down")
-        await rec.wait_for(LinkChanged(idx))
+        dev = await rec.wait_link(idx, lambda d: not d.up)
+        assert dev == await kern.get_vxlan(idx)
 
         # Non-flood fdb changes and non-VXLAN links first, then a flood entry as
         # a marker: notifications arrive in order, so once the marker is seen
@@ -372,7 +394,7 @@ async def test_bulk_writes_collapse_into_few_events(lab: Lab, kern: Kernel) -> N
     try:
         await rec.wait_for(FdbChanged(idx))
         marker = lab.vxlan("vxm", "id", "7", "local", "10.0.0.1", "dstport", "4790")
-        await rec.wait_for(LinkChanged(marker))
+        await rec.wait_link(marker)
         assert 1 <= rec.seen.count(FdbChanged(idx)) <= 5
     finally:
         await rec.stop()
@@ -409,7 +431,7 @@ async def test_close_ends_event_stream(lab: Lab) -> None:
 
     task = asyncio.create_task(consume())
     idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
-    await eventually(lambda: LinkChanged(idx) in seen)
+    await eventually(lambda: any(isinstance(e, LinkChanged) and e.ifindex == idx for e in seen))
     await kern.close()
     await asyncio.wait_for(task, 5)
 
@@ -431,7 +453,7 @@ async def test_link_overflow_yields_resync_and_rebinds(
             lab.batch(batch)
             await eventually(lambda: any(isinstance(e, Resync) for e in rec.seen))
             idx = lab.vxlan("vxafter", "id", "9", "local", "10.0.0.1", "dstport", "4999")
-            await rec.wait_for(LinkChanged(idx))
+            await rec.wait_link(idx)
             assert len(await kern.list_vxlan()) == 61
         finally:
             await rec.stop()
