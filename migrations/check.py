@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         command.upgrade(alembic_config(args.prepare), "head")
         return 0
     with tempfile.TemporaryDirectory(prefix="vxflood-check-") as tmp:
-        url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'registry.db'}"
+        url = args.url or f"sqlite:///{Path(tmp) / 'registry.db'}"
         cfg = alembic_config(url)
         try:
             command.upgrade(cfg, "head")

@@ -1,4 +1,4 @@
-"""Alembic environment of the vxsnd registry (async engines, SQLite batch mode).
+"""Alembic environment of the vxsnd registry (SQLite batch mode).
 
 Where the database URL comes from, first match wins:
 
@@ -24,8 +24,8 @@ from logging.config import fileConfig
 from pathlib import Path
 
 from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from schema.tables import metadata
@@ -42,7 +42,7 @@ def _throwaway_url() -> str:
     tmp = tempfile.mkdtemp(prefix="vxflood-alembic-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     path = Path(tmp) / "registry.db"
-    url = f"sqlite+aiosqlite:///{path}"
+    url = f"sqlite:///{path}"
     subprocess.run(
         [sys.executable, "-m", "migrations.check", "--prepare", url],
         check=True,
@@ -71,7 +71,18 @@ def _run_on(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_online(url: str) -> None:
+def _run_sqlite(url: str) -> None:
+    """SQLite through the stdlib driver, whatever driver the URL names."""
+    engine = create_engine(make_url(url).set(drivername="sqlite"), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            _run_on(connection)
+            connection.commit()
+    finally:
+        engine.dispose()
+
+
+async def _run_async(url: str) -> None:
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
@@ -98,8 +109,12 @@ def run_migrations_online() -> None:
     shared = config.attributes.get("connection")
     if isinstance(shared, Connection):
         _run_on(shared)
+        return
+    url = _url()
+    if make_url(url).get_backend_name() == "sqlite":
+        _run_sqlite(url)
     else:
-        asyncio.run(_run_online(_url()))
+        asyncio.run(_run_async(url))
 
 
 if context.is_offline_mode():

@@ -65,10 +65,8 @@ class ListenAddr:
 
 
 def default_db_url() -> str:
-    try:
-        from vxsnd.store import default_db_url as store_default
-    except ImportError:  # pragma: no cover - the store module always ships with vxsnd
-        return "sqlite+aiosqlite:////var/lib/vxsnd/registry.db"
+    from vxsnd.store import default_db_url as store_default
+
     return store_default()
 
 
@@ -128,7 +126,7 @@ def _api(value: object) -> ListenAddr | None:
 def _db(value: object) -> str:
     text = parse_str(value).strip()
     if "://" not in text:
-        raise ValueError(f"must be an SQLAlchemy URL like sqlite+aiosqlite:///PATH, got {text!r}")
+        raise ValueError(f"must be an SQLAlchemy URL like sqlite:///PATH, got {text!r}")
     return text
 
 
@@ -169,7 +167,9 @@ TABLE = OptionTable(
             "batch_window",
             number_range(0, 1000, "milliseconds"),
             "MS",
-            "coalesce registry writes and pushes within this window",
+            "least time between two registry transactions: a change after a quiet "
+            "spell is written and pushed at once; under load, changes arriving within "
+            "the window are coalesced into one transaction",
             "5",
         ),
         Option(

@@ -3,9 +3,12 @@
 `datagram_received` only puts (data, addr, socket index) on a bounded queue and
 drops-and-counts when it is full. One receiver task takes datagrams off the queue
 and feeds the engine (decode, replay check, assembly: cheap and synchronous).
-One committer task waits for work, lets the batch window pass so that
-concurrent changes coalesce, runs `engine.step` (one registry transaction) and
-sends what it returns; it also wakes for retransmit timers.
+One committer task waits for work, runs `engine.step` (one registry
+transaction) and sends what it returns; it also wakes for retransmit timers.
+The batch window is the least time between the starts of two steps: a change
+after a quiet spell is written and pushed at once, while under load whatever
+arrives during a step and the rest of its window goes into the next one, so a
+storm of registers stays a handful of transactions.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -158,14 +162,17 @@ class Server:
 
     async def _committer(self) -> None:
         engine = self.engine
+        last_step = -math.inf  # monotonic start of the previous step
         while True:
             timer = engine.next_timer()
             if not engine.has_work(self.clock()):
                 timeout = None if timer is None else max(0.0, timer - self.clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-            if engine.has_work() and self.batch_window > 0:
-                await asyncio.sleep(self.batch_window)
+            pause = last_step + self.batch_window - time.monotonic()
+            if pause > 0 and engine.has_work():
+                await asyncio.sleep(pause)
+            last_step = time.monotonic()
             self._wake.clear()
             # acks waiting in the queue must be seen before retransmit timers are judged
             self._feed_queued()

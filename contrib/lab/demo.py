@@ -88,7 +88,7 @@ class Daemons:
             sys.executable,
             *("-m", "vxsnd"),
             *("--listen", f"{addr}:{PORT}"),
-            *("--db", f"sqlite+aiosqlite:///{self.workdir / 'registry.db'}"),
+            *("--db", f"sqlite:///{self.workdir / 'registry.db'}"),
             *("--server-id", "demo-vxsnd"),
         ]
         if vxsnd_has_api():  # read-only and unauthenticated: loopback of the service namespace

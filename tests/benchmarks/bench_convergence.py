@@ -309,6 +309,7 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
     timeouts: int = 0
     apply_ms: list[float] = field(default_factory=list)  # push -> fdb event, per host
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # daemon CPU per op (ms)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -373,7 +374,7 @@ class Bench:
             [
                 *("-m", "vxsnd"),
                 *("--listen", f"{lab.service_addr}:{PORT}"),
-                *("--db", f"sqlite+aiosqlite:///{self.db}"),
+                *("--db", f"sqlite:///{self.db}"),
                 *("--log-level", "WARNING"),
                 *self.vxsnd_args,
             ],
@@ -407,6 +408,15 @@ class Bench:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.procs.append((label, proc, log))
+
+    def cpu_ns(self) -> dict[str, int]:
+        """CPU time so far (ns, from /proc/PID/schedstat) of vxsnd and of all vxrds together."""
+        out = {"vxsnd": 0, "vxrd": 0}
+        for label, proc, _ in self.procs:
+            with contextlib.suppress(OSError):
+                ns = int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[0])
+                out["vxsnd" if label == "vxsnd" else "vxrd"] += ns
+        return out
 
     def _check_alive(self) -> None:
         for label, proc, log in self.procs:
@@ -498,12 +508,25 @@ class Bench:
 
     def run_ops(self, obs: Observer, cap: Capture | None, joins: int, label: str) -> list[Result]:
         join, leave = Result(self.n, f"join{label}"), Result(self.n, f"leave{label}")
+        cpu = {
+            "join": dict.fromkeys(("vxsnd", "vxrd"), 0),
+            "leave": dict.fromkeys(("vxsnd", "vxrd"), 0),
+        }
         for i in range(joins):
-            self.measure(obs, cap, "join", join, ["ip", "link", "set", f"vx{VNI}", "up"])
-            time.sleep(0.05 + 0.01 * (i % 5))  # let acks settle; vary the phase
-            self.measure(obs, cap, "leave", leave, ["ip", "link", "del", f"vx{VNI}"])
+            for op, result, action in (
+                ("join", join, ["ip", "link", "set", f"vx{VNI}", "up"]),
+                ("leave", leave, ["ip", "link", "del", f"vx{VNI}"]),
+            ):
+                before = self.cpu_ns()
+                self.measure(obs, cap, op, result, action)
+                time.sleep(0.05 + 0.01 * (i % 5))  # let acks settle; vary the phase
+                after = self.cpu_ns()
+                for k in after:
+                    cpu[op][k] += after[k] - before[k]
             self.recreate_down()
-            time.sleep(0.05 + 0.01 * (i % 5))
+        if self.procs:
+            for op, result in (("join", join), ("leave", leave)):
+                result.cpu_ms = {k: v / 1e6 / joins for k, v in cpu[op].items()}
         return [join, leave]
 
     # the baseline controller
@@ -633,6 +656,21 @@ def report(results: Sequence[Result]) -> str:
         out.append("")
         out.append("where the time goes (medians, ms; see the module docstring):")
         out.append(table(["N", "op", *stage_names, "apply p50", "apply p99"], rows))
+    cpu_rows = [
+        [
+            str(r.n),
+            r.op,
+            f"{r.cpu_ms['vxsnd']:.2f}",
+            f"{r.cpu_ms['vxrd']:.2f}",
+            f"{r.cpu_ms['vxrd'] / r.n:.2f}",
+        ]
+        for r in results
+        if r.cpu_ms
+    ]
+    if cpu_rows:
+        out.append("")
+        out.append("CPU per operation (ms, from /proc/PID/schedstat; includes the settle pause):")
+        out.append(table(["N", "op", "vxsnd", "all vxrd", "per vxrd"], cpu_rows))
     base = {(r.n, r.op.split()[0]): r for r in results if "baseline" in r.op and r.samples}
     ratios = []
     for r in results:

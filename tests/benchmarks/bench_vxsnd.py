@@ -102,7 +102,7 @@ async def start_vxsnd(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes]
         "--listen",
         f"127.0.0.1:{port}",
         "--db",
-        f"sqlite+aiosqlite:///{workdir / 'registry.db'}",
+        f"sqlite:///{workdir / 'registry.db'}",
         "--server-id",
         "bench",
         "--log-level",

@@ -32,7 +32,7 @@ REPEAT = 20
 class Counter:
     def __init__(self, store: Store) -> None:
         self.count = 0
-        event.listen(store._engine.sync_engine, "before_cursor_execute", self.on_execute)
+        event.listen(store.sync_engine, "before_cursor_execute", self.on_execute)
 
     def on_execute(self, *_args: Any) -> None:
         self.count += 1
@@ -147,4 +147,4 @@ if __name__ == "__main__":
         asyncio.run(main(sys.argv[1]))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(main(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"))
+            asyncio.run(main(f"sqlite:///{Path(tmp) / 'bench.db'}"))

@@ -76,7 +76,7 @@ class Overlay:
             sys.executable,
             *("-m", "vxsnd"),
             *("--listen", self.endpoint),
-            *("--db", f"sqlite+aiosqlite:///{self.db}"),
+            *("--db", f"sqlite:///{self.db}"),
             *("--server-id", f"{self.lab.prefix}-sn"),
             *self.vxsnd_args,
         ]

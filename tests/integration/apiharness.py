@@ -61,7 +61,7 @@ async def serve(harness: object, token_file: Path | None = None) -> AsyncIterato
 
 
 def sqlite_url(directory: Path) -> str:
-    return f"sqlite+aiosqlite:///{directory / 'registry.db'}"
+    return f"sqlite:///{directory / 'registry.db'}"
 
 
 @asynccontextmanager

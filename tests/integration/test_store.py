@@ -17,10 +17,10 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from migrations import alembic_config
 from tests.conftest import POSTGRES_URL, require_postgres
+from vxsnd.database import open_database
 from vxsnd.store import (
     Batch,
     Origin,
@@ -97,18 +97,26 @@ async def addresses(store: Store, vni: int) -> set[str]:
 
 
 async def run_sync_alembic(url: str, fn: str, target: str) -> None:
-    engine = create_async_engine(url)
+    db = open_database(url)
+
+    def run(sync_conn: Connection) -> None:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = sync_conn
+        getattr(command, fn)(cfg, target)
+
     try:
-        async with engine.begin() as conn:
-
-            def run(sync_conn: Connection) -> None:
-                cfg = alembic_config(url)
-                cfg.attributes["connection"] = sync_conn
-                getattr(command, fn)(cfg, target)
-
-            await conn.run_sync(run)
+        await db.write(run)
     finally:
-        await engine.dispose()
+        await db.dispose()
+
+
+async def execute(url: str, sql: str) -> None:
+    """Run one statement on the database at `url` in its own transaction."""
+    db = open_database(url)
+    try:
+        await db.write(lambda conn: conn.execute(text(sql)))
+    finally:
+        await db.dispose()
 
 
 # --------------------------------------------------------------------------- schema
@@ -154,22 +162,15 @@ async def test_empty_database_without_create(db_url: str) -> None:
 
 
 async def test_foreign_tables_and_unknown_revisions_are_refused(db_url: str) -> None:
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE something_else (x INTEGER)"))
-        with pytest.raises(SchemaUnknown, match="no Alembic revision"):
-            await Store.open(db_url)
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP TABLE something_else"))
-        async with await Store.open(db_url):
-            pass
-        async with engine.begin() as conn:
-            await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
-        with pytest.raises(SchemaUnknown, match="newer vxsnd"):
-            await Store.open(db_url)
-    finally:
-        await engine.dispose()
+    await execute(db_url, "CREATE TABLE something_else (x INTEGER)")
+    with pytest.raises(SchemaUnknown, match="no Alembic revision"):
+        await Store.open(db_url)
+    await execute(db_url, "DROP TABLE something_else")
+    async with await Store.open(db_url):
+        pass
+    await execute(db_url, "UPDATE alembic_version SET version_num = 'ffff'")
+    with pytest.raises(SchemaUnknown, match="newer vxsnd"):
+        await Store.open(db_url)
 
 
 # --------------------------------------------------------------------------- generations

@@ -38,7 +38,7 @@ class Clock:
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, Clock]]:
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}")
     clock = Clock()
     eng = Engine(store, CODEC, Settings("srv", retransmit=Backoff(0.25, 2.0)), Metrics(), clock)
     await eng.start()
