@@ -137,6 +137,9 @@ class Engine:
         self._dirty: set[tuple[str, int]] = set()
         self._timers: list[tuple[float, str, int]] = []  # (due, node, vni) heap
         self._snap: dict[int, tuple[int, list[Stamped]]] = {}
+        # members per VNI at a generation, carried forward by our own batches so that
+        # a snapshot after a change needs no registry read
+        self._members: dict[int, tuple[int, frozenset[str]]] = {}
         self._delta: dict[tuple[int, int, int], list[Stamped] | None] = {}
         self._member_count: dict[int, int] = {}
         self._acks_since = 0.0
@@ -456,9 +459,25 @@ class Engine:
             count = self._member_count.get(vni, 0) + len(change.added) - len(change.removed)
             self._member_count[vni] = max(count, 0)
             m.set_members(vni, self._member_count[vni])
+            self._carry_forward(change)
             for node_id in self.vni_nodes.get(vni, ()):
                 self._dirty.add((node_id, vni))
         m.vnis.set(sum(1 for c in self._member_count.values() if c))
+
+    def _carry_forward(self, change: store.VniChange) -> None:
+        """What our own batch changed is exactly the delta from the generation before
+        (each batch bumps a VNI once), and moves the member set on: agents one
+        generation behind (all of them, normally) get their push without a registry
+        read. The member set only moves on from the generation before; after a gap
+        (another instance wrote in between) the next snapshot reads the registry."""
+        vni, gen = change.vni, change.generation
+        prev = self._members.pop(vni, None)
+        if prev is not None and prev[0] == gen - 1:
+            self._members[vni] = (gen, (prev[1] - change.removed) | change.added)
+        if gen > 1:
+            self._delta[(vni, gen - 1, gen)] = self._delta_parts(
+                vni, gen - 1, gen, change.added, change.removed
+            )
 
     def _adopt(self, p: _Pending, registered: bool) -> None:
         new = p.node
@@ -558,7 +577,12 @@ class Engine:
                 return cached
         snap = self._snap.get(plan.vni)
         if snap is None or snap[0] != plan.generation:
-            gen, members = await self.registry.member_addresses(plan.vni)
+            known = self._members.get(plan.vni)
+            if known is not None and known[0] == plan.generation:
+                gen, members = known
+            else:
+                gen, members = await self.registry.member_addresses(plan.vni)
+                self._members[plan.vni] = (gen, members)
             addrs = _addresses(members)
             snap = (gen, self._encode(plan.vni, gen, None, addrs, ()))
             self._snap[plan.vni] = snap
@@ -570,14 +594,17 @@ class Engine:
 
     async def _build_delta(self, vni: int, base: int, gen: int) -> list[Stamped] | None:
         delta = await self.registry.delta(vni, base)
-        if delta is None:
+        if delta is None or delta.generation != gen:
             return None
-        dgen = delta.generation
-        add = _addresses(delta.added)
-        remove = _addresses(delta.removed)
+        return self._delta_parts(vni, base, gen, delta.added, delta.removed)
+
+    def _delta_parts(
+        self, vni: int, base: int, gen: int, added: Iterable[str], removed: Iterable[str]
+    ) -> list[Stamped] | None:
+        """Encoded delta parts, or None when a snapshot is the better push."""
+        add = _addresses(added)
+        remove = _addresses(removed)
         members = self._member_count.get(vni)
-        if dgen != gen:
-            return None
         if members is not None and not push.delta_worth_it(len(add) + len(remove), members):
             return None
         return self._encode(vni, gen, base, add, remove)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from schema.wire import (
     VniEntry,
     split_register,
 )
+from vxsnd import store as st
 from vxsnd.assemble import Assembler, AssemblyError
 from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
@@ -112,6 +113,84 @@ async def test_join_snapshot_then_delta_after_ack(engine: tuple[Engine, Clock]) 
     assert (delta.base, delta.generation) == (1, 2)
     assert delta.add == (ipaddress.ip_address("10.0.0.2"),) and delta.remove == ()
     assert eng.metrics.value("vxsnd_pushes_total", kind="delta") == 1
+
+
+class CountingStore:
+    """The real store, counting the reads a push may need."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads: list[str] = []
+        self.registry_id = store.registry_id
+
+    async def apply(self, batch: st.Batch, now: float) -> st.BatchResult:
+        return await self.store.apply(batch, now)
+
+    async def member_addresses(self, vni: int) -> tuple[int, frozenset[str]]:
+        self.reads.append("members")
+        return await self.store.member_addresses(vni)
+
+    async def delta(self, vni: int, base: int) -> st.Delta | None:
+        self.reads.append("delta")
+        return await self.store.delta(vni, base)
+
+    async def vnis(self) -> list[st.VniSummary]:
+        return await self.store.vnis()
+
+    async def nodes(self) -> list[st.Node]:
+        return await self.store.nodes()
+
+    async def generations(self, vnis: Iterable[int] | None = None) -> dict[int, int]:
+        return await self.store.generations(vnis)
+
+
+async def test_pushes_after_own_changes_need_no_registry_reads(tmp_path: Path) -> None:
+    """A batch's net change is the delta from the generation before and moves the member
+    set on; only after another writer's change does a push read the registry."""
+    store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        counting = CountingStore(store)
+        clock = Clock()
+        eng = Engine(counting, CODEC, Settings("srv"), Metrics(), clock)
+        await eng.start()
+        a, b, c = (Node(n, 1000 + i, clock) for i, n in enumerate("abc"))
+        feed(eng, a, a.register({100: "10.0.0.1"}), clock.now)
+        (snap,) = decoded(await eng.step(clock.now), a)
+        assert counting.reads == ["members"]  # a new VNI: nothing carried yet
+        a.registry = snap.registry
+        feed(eng, a, [a.ack(100, 1)], clock.now)
+        await eng.step(clock.now)
+        counting.reads.clear()
+        # b joins: a gets a delta, b a snapshot, neither read from the registry
+        feed(eng, b, b.register({100: "10.0.0.2"}), clock.now)
+        out = await eng.step(clock.now)
+        (to_a,) = decoded(out, a)
+        (to_b,) = decoded(out, b)
+        assert (to_a.base, to_a.generation, to_a.add) == (1, 2, (ipaddress.ip_address("10.0.0.2"),))
+        assert to_b.is_snapshot and set(to_b.add) == {
+            ipaddress.ip_address("10.0.0.1"),
+            ipaddress.ip_address("10.0.0.2"),
+        }
+        assert counting.reads == []
+        b.registry = to_b.registry
+        for n in (a, b):
+            feed(eng, n, [n.ack(100, 2)], clock.now)
+        await eng.step(clock.now)
+        # another instance writes generation 3 (c joins through it), then we write 4
+        other = st.Batch()
+        other.register(st.Registration("c", 1, "127.0.0.1", 1002, 90, {100: "10.0.0.3"}))
+        await store.apply(other, clock.now)
+        feed(eng, b, b.register({}, hold=0), clock.now)  # b leaves through us
+        out = await eng.step(clock.now)
+        (to_a,) = decoded(out, a)
+        assert to_a.generation == 4
+        assert counting.reads  # 2 -> 4 spans the other writer's change: read
+        before = {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")}
+        held = set(to_a.add) if to_a.is_snapshot else (before | set(to_a.add)) - set(to_a.remove)
+        assert held == {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.3")}
+        assert c.addr == ("127.0.0.1", 1002)
+    finally:
+        await store.close()
 
 
 async def test_multi_part_round_and_refresh_bumps_nothing(engine: tuple[Engine, Clock]) -> None:
