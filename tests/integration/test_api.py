@@ -40,15 +40,6 @@ READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[st.Store]:
-    s = await st.Store.open(sqlite_url(tmp_path))
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
@@ -449,7 +440,8 @@ def test_every_route_is_documented_and_vice_versa() -> None:
         def __init__(self) -> None:  # never touches a database
             pass
 
-    app = build_app(Backend(NoStore(), NoStore.apply))
+    nostore = NoStore()
+    app = build_app(Backend(nostore, nostore.apply))
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

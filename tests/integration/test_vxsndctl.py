@@ -8,11 +8,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from tests.integration.apiharness import (
     ADMIN_TOKEN,
@@ -20,7 +17,6 @@ from tests.integration.apiharness import (
     Harness,
     register,
     serve,
-    sqlite_url,
     write_tokens,
 )
 from vxsnd import store as st
@@ -55,15 +51,6 @@ async def ctl(*args: str, token: str | None = None, stdin: str | None = None) ->
     out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[st.Store]:
-    s = await st.Store.open(sqlite_url(tmp_path))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_tables_json_and_changes(store: st.Store, tmp_path: Path) -> None:
