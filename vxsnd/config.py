@@ -137,7 +137,8 @@ TABLE = OptionTable(
             _listen,
             "ADDR[:PORT]",
             "UDP address to listen on, repeatable; IPv6 as [ADDR]:PORT; '[::]' is every "
-            f"IPv4 and IPv6 address (default port {DEFAULT_PORT})",
+            "IPv4 and IPv6 address (0.0.0.0 on a host booted without IPv6) "
+            f"(default port {DEFAULT_PORT})",
             f"[::]:{DEFAULT_PORT}",
             repeat=True,
         ),

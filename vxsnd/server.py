@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import math
@@ -55,8 +56,16 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 def make_socket(addr: ListenAddr) -> socket.socket:
+    """A bound non-blocking UDP socket; `[::]` on a host without IPv6 (booted with
+    ipv6.disable=1) falls back to `0.0.0.0` with a warning, so the default works there."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        if addr.host != "::" or exc.errno != errno.EAFNOSUPPORT:
+            raise
+        log.warning("IPv6 is not available on this host: listening on 0.0.0.0:%d", addr.port)
+        return make_socket(ListenAddr("0.0.0.0", addr.port))
     try:
         if family == socket.AF_INET6 and addr.host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
