@@ -5,6 +5,12 @@ membership changes at once, by fdb events after a few ms, by a timer), the
 register refresh timer, one client task per server, the status API and the
 optional metrics endpoint.
 
+The reconciler compares what the servers want with a mirror of the kernel's
+flood lists (vxrd.mirror), not with a fresh dump: the mirror follows fdb
+events and vxrd's own writes, so a membership change costs the entries that
+changed, not a read of every entry. The kernel is read again in full at start,
+after lost events and on the reconcile timer, which keeps the kernel the truth.
+
 Fail-static rules: entries are only written or removed for a VNI once a server
 has answered for it (until then whatever the kernel holds is adopted); losing a
 server keeps its last answer; stopping keeps the entries unless flushing was
@@ -39,14 +45,16 @@ from vxrd.kernel import (
     VxlanDevice,
 )
 from vxrd.metrics import Metrics
+from vxrd.mirror import FloodMirror, drifted
 from vxrd.reconcile import desired_for, reconcile
 
 log = logging.getLogger("vxrd")
 
-FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before re-reading
-# fdb events also echo vxrd's own writes; a reconcile they trigger waits at least this
-# long after the previous one ended, so a big write does not cause a storm of full dumps
+FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before reconciling
+# a reconcile that fdb events trigger (someone else changed our entries) waits at least
+# this long after the previous one ended, so a tool fighting vxrd cannot make it spin
 FDB_MIN_GAP = 0.1
+STALE_LIMIT = 16  # more devices to re-read than this: one full dump instead
 LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
 RETRY_FIRST = 0.5  # seconds before repeating a register round a server has not answered
 
@@ -101,6 +109,7 @@ class Agent:
         self.devices: dict[int, DeviceView] = {}
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
         self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
+        self.mirror = FloodMirror()  # the kernel's flood lists, between dumps
         self.clients = [
             ServerClient(
                 s,
@@ -214,6 +223,9 @@ class Agent:
             delay = min(delay * 2, cap)
 
     async def _tick(self) -> None:
+        """The periodic reconcile reads the whole kernel again: whatever the mirror
+        missed (a change no event reports) is corrected here."""
+        self.mirror.invalidate()
         self.kick(0.0)
 
     # ------------------------------------------------------------ devices
@@ -232,6 +244,10 @@ class Agent:
             log.info("%s: left alone: %s", d.name, view.status)
 
     def _set_device(self, dev: VxlanDevice) -> None:
+        if dev.ifindex not in self.devices:
+            # first sight: read its entries before trusting the mirror (a reused
+            # ifindex must not inherit a deleted device's entries)
+            self.mirror.mark_stale(dev.ifindex)
         view = classify(dev, self.config)
         self.devices[dev.ifindex] = view
         self._note(view)
@@ -239,6 +255,7 @@ class Agent:
     def _drop_device(self, ifindex: int) -> None:
         view = self.devices.pop(ifindex, None)
         self.programmed.pop(ifindex, None)
+        self.mirror.forget(ifindex)
         self._desired_cache.pop(ifindex, None)
         self._logged.pop(ifindex, None)
         if view is not None and view.eligible:
@@ -297,10 +314,7 @@ class Agent:
     async def _event(self, ev: KernelEvent) -> None:
         try:
             if isinstance(ev, FdbChanged):
-                view = self.devices.get(ev.ifindex)
-                if view is not None and view.status == MANAGED:
-                    gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
-                    self.kick(max(FDB_DEBOUNCE, gap))
+                self._fdb_changed(ev)
             elif isinstance(ev, LinkChanged):
                 dev = ev.device
                 if dev is None:  # the notification lacked what we need: ask
@@ -315,10 +329,26 @@ class Agent:
                 await self._after_device_change()
             elif isinstance(ev, Resync):
                 log.warning("kernel events lost (%s): full rescan", ev.reason)
+                self.mirror.invalidate()
                 await self.rescan()
         except OSError as exc:
             log.warning("handling %s failed: %s; full rescan", ev, exc)
             await self.rescan()
+
+    def _fdb_changed(self, ev: FdbChanged) -> None:
+        """Follow flood-entry events in the mirror. A change vxrd did not know of
+        that moves a managed device away from what vxrd wants (an entry of ours
+        deleted by hand, an extra one added) asks for a reconcile; the echo of
+        vxrd's own write, or a change that agrees with it, asks for nothing."""
+        news = self.mirror.apply(ev.changes)
+        if not news:
+            return
+        for ifindex in drifted(self.programmed, news):
+            view = self.devices.get(ifindex)
+            if view is not None and view.status == MANAGED:
+                gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
+                self.kick(max(FDB_DEBOUNCE, gap))
+                return
 
     # ------------------------------------------------------------ control plane
 
@@ -379,7 +409,7 @@ class Agent:
                 return
             acks, self._pending_acks = self._pending_acks, {}
             states = [c.state for c in self.clients]
-            actual_all = await self.kernel.flood_entries()
+            await self._read_kernel()
             diffs: dict[int, FloodDiff] = {}
             repairs = 0
             for ifindex, view in self.devices.items():
@@ -388,8 +418,7 @@ class Agent:
                 desired = self._desired(ifindex, view, states)
                 if desired is None:
                     continue  # no server answered yet: adopt what the kernel holds
-                actual = frozenset(actual_all.get(ifindex, ()))
-                diff = reconcile(desired, actual)
+                diff = reconcile(desired, self.mirror.get(ifindex))
                 before = self.programmed.get(ifindex)
                 if before is not None:
                     repairs += len(diff.add & before) + len(diff.remove - before)
@@ -406,6 +435,21 @@ class Agent:
             self._reconcile_end = time.monotonic()
         for idx, applied in acks.items():
             self.clients[idx].send_ack(sorted(applied.items()))
+
+    async def _read_kernel(self) -> None:
+        """Bring the mirror up to date where it cannot be trusted: everything after
+        start, lost events or the timer; else the managed devices marked stale."""
+        stale = [
+            i
+            for i in self.mirror.stale()
+            if (view := self.devices.get(i)) is not None and view.status == MANAGED
+        ]
+        if not self.mirror.complete or len(stale) > STALE_LIMIT:
+            self.mirror.load(await self.kernel.flood_entries())
+            return
+        for ifindex in stale:
+            found = await self.kernel.flood_entries(ifindex)
+            self.mirror.load_device(ifindex, found.get(ifindex, ()))
 
     def _desired(
         self, ifindex: int, view: DeviceView, states: list[ServerState]
@@ -427,8 +471,15 @@ class Agent:
         return desired
 
     async def _apply(self, diffs: dict[int, FloodDiff]) -> None:
+        """Write, and record in the mirror what the kernel took."""
         t0 = time.perf_counter()
-        result = await self.kernel.apply(diffs)
+        try:
+            result = await self.kernel.apply(diffs)
+        except BaseException:
+            for ifindex in diffs:  # unknown how far it got
+                self.mirror.mark_stale(ifindex)
+            raise
+        self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         self.metrics.fdb_adds.inc(result.added)
         self.metrics.fdb_removes.inc(result.removed)

@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 from pyroute2 import netns as pr_netns
 
+from vxrd.mirror import FloodChange
 from vxrd.reconcile import Address
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
@@ -65,6 +66,7 @@ _ACK = struct.Struct("=IHHI4xi")  # len, type, flags, seq, (pid), error
 _FLOOD4 = struct.Struct("=6x10xB3xi2xBxHH6s2xHH4s2xH16x")
 _FLOOD6 = struct.Struct("=6x10xB3xi2xBxHH6s2xHH16s2xH16x")
 _FLOOD_SHAPE = (AF_BRIDGE, 10, NDA_LLADDR, NDA_DST, NDA_CACHEINFO)
+_FIXED = {_FLOOD4.size: _FLOOD4.unpack_from, _FLOOD6.size: _FLOOD6.unpack_from}
 
 WINDOW = 256  # requests in flight per send; their ACKs fit the receive buffer
 RCVBUF = 8 << 20  # request socket: window of ACKs plus 32 KiB dump chunks
@@ -137,6 +139,68 @@ def flood_entry(msg: bytes, off: int, end: int) -> tuple[int, bytes] | None:
     if not zero or dst is None:
         return None
     return ifindex, dst
+
+
+class Interner:
+    """One Address object per kernel address: building them is costly (dumps and
+    notifications repeat the same peers), and sets of the same objects compare
+    by identity. Shared by the request and the notification socket; written
+    addresses are remembered, so their echoes and the next dump meet them again."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, Address] = {}
+
+    def get(self, raw: bytes) -> Address | None:
+        a = self._cache.get(raw)
+        if a is None:
+            a = address(raw)
+            if a is not None:
+                if len(self._cache) >= ADDR_CACHE_MAX:
+                    self._cache.clear()
+                self._cache[raw] = a
+        return a
+
+    def remember(self, addrs: Iterable[Address]) -> None:
+        """Map these addresses' bytes to these very objects (the ones vxrd wrote)."""
+        cache = self._cache
+        for a in addrs:
+            if len(cache) >= ADDR_CACHE_MAX:
+                cache.clear()
+            cache[a.packed] = a
+
+
+def flood_messages(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(message type, ifindex, raw dst) of each flood entry in a datagram of
+    RTM_NEWNEIGH/RTM_DELNEIGH messages (a dump chunk or notifications).
+
+    A flood entry as we write it is dumped and notified with a fixed layout
+    (lladdr, dst, cacheinfo), so one unpack decides it; anything of another
+    size or layout takes the general attribute walk (flood_entry). An
+    NLMSG_OVERRUN is yielded as (NLMSG_OVERRUN, 0, b"").
+    """
+    head = _HEAD.unpack_from
+    fixed = _FIXED
+    pos, size = 0, len(buf)
+    while pos + 16 <= size:
+        mlen, mtype = head(buf, pos)
+        if mlen < 16 or pos + mlen > size:
+            return
+        if mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            hit: tuple[int, bytes] | None = None
+            unpack = fixed.get(mlen)
+            if unpack is not None:
+                fam, ifindex, fl, llen, lt, mac, dlen, dt, raw, ct = unpack(buf, pos)
+                if (fam, llen, lt, dt, ct) != _FLOOD_SHAPE or dlen != mlen - 60:
+                    hit = flood_entry(buf, pos + 16, pos + mlen)
+                elif fl & NTF_SELF and mac == _ZERO_MAC:
+                    hit = ifindex, raw
+            elif mlen >= 40:
+                hit = flood_entry(buf, pos + 16, pos + mlen)
+            if hit is not None:
+                yield mtype, hit[0], hit[1]
+        elif mtype == NLMSG_OVERRUN:
+            yield mtype, 0, b""
+        pos += (mlen + 3) & ~3
 
 
 def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
@@ -272,12 +336,12 @@ class FloodNetlink:
     Requests are serialised by a lock; answers are matched by sequence number.
     """
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: str | None, interner: Interner | None = None) -> None:
         self.netns = netns
         self._ch: Channel | None = None
         self._lock = asyncio.Lock()
         self._seq = 0
-        self._addr_cache: dict[bytes, Address] = {}
+        self.interner = interner or Interner()
 
     def open(self) -> None:
         if self._ch is None:
@@ -332,55 +396,26 @@ class FloodNetlink:
                     return chunks
             return chunks
 
-    def _intern(self, raw: bytes) -> Address | None:
-        """Address objects are costly to build; a dump repeats the same peers."""
-        a = self._addr_cache.get(raw)
-        if a is None:
-            a = address(raw)
-            if a is not None:
-                if len(self._addr_cache) >= ADDR_CACHE_MAX:
-                    self._addr_cache.clear()
-                self._addr_cache[raw] = a
-        return a
-
-    async def flood_entries(self) -> dict[int, set[Address]]:
-        """All flood destinations per ifindex, from one AF_BRIDGE fdb dump.
+    async def flood_entries(self, ifindex: int = 0) -> dict[int, set[Address]]:
+        """Flood destinations per ifindex, from one AF_BRIDGE fdb dump: of every
+        device, or of the one device `ifindex` (the kernel filters on ndm_ifindex).
 
         The kernel fills the dump; selecting the flood entries is one pass over
-        the raw bytes. A flood entry as we write it is dumped with a fixed
-        layout (lladdr, dst, cacheinfo), so one unpack decides it; anything of
-        another size or layout takes the general attribute walk.
+        the raw bytes (flood_messages).
         """
-        body = _NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0, 0, 0)
+        body = _NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, 0, 0, 0)
         out: dict[int, set[Address]] = {}
-        head = _HEAD.unpack_from
-        fixed = {_FLOOD4.size: _FLOOD4.unpack_from, _FLOOD6.size: _FLOOD6.unpack_from}
-        cache = self._addr_cache
+        intern = self.interner.get
         for buf in await self.dump(RTM_GETNEIGH, body):
-            pos, size = 0, len(buf)
-            while pos + 16 <= size:
-                mlen, mtype = head(buf, pos)
-                if mlen < 16:
-                    break
-                if mtype == RTM_NEWNEIGH:
-                    hit: tuple[int, bytes] | None = None
-                    unpack = fixed.get(mlen)
-                    if unpack is not None:
-                        fam, ifindex, fl, llen, lt, mac, dlen, dt, raw, ct = unpack(buf, pos)
-                        if (fam, llen, lt, dt, ct) != _FLOOD_SHAPE or dlen != mlen - 60:
-                            hit = flood_entry(buf, pos + 16, pos + mlen)
-                        elif fl & NTF_SELF and mac == _ZERO_MAC:
-                            hit = ifindex, raw
-                    elif mlen >= 40:
-                        hit = flood_entry(buf, pos + 16, pos + mlen)
-                    if hit is not None:
-                        addr = cache.get(hit[1]) or self._intern(hit[1])
-                        if addr is not None:
-                            entries = out.get(hit[0])
-                            if entries is None:
-                                entries = out[hit[0]] = set()
-                            entries.add(addr)
-                pos += (mlen + 3) & ~3
+            for mtype, index, raw in flood_messages(buf):
+                if mtype != RTM_NEWNEIGH:
+                    continue
+                addr = intern(raw)
+                if addr is not None:
+                    entries = out.get(index)
+                    if entries is None:
+                        entries = out[index] = set()
+                    entries.add(addr)
         return out
 
     async def write(self, ops: Sequence[FloodOp]) -> list[tuple[int, str]]:
@@ -394,9 +429,7 @@ class FloodNetlink:
         """
         ch = self._channel()
         out: list[tuple[int, str]] = []
-        cache = self._addr_cache
-        if len(cache) + len(ops) > ADDR_CACHE_MAX:
-            cache.clear()
+        self.interner.remember(op.address for op in ops)  # met again in echoes and dumps
         async with self._lock:
             for start in range(0, len(ops), WINDOW):
                 window = ops[start : start + WINDOW]
@@ -404,7 +437,6 @@ class FloodNetlink:
                 buf = bytearray()
                 for k, (add, ifindex, addr) in enumerate(window):
                     raw = addr.packed
-                    cache.setdefault(raw, addr)  # the next dump will meet it again
                     packer = _FDB4 if len(raw) == 4 else _FDB6
                     buf += packer.pack(
                         packer.size, RTM_NEWNEIGH if add else RTM_DELNEIGH,
@@ -482,44 +514,50 @@ class FloodWatch:
     that dump and the first read is lost (bind -> dump -> stream).
     """
 
-    def __init__(self, netns: str | None, rcvbuf: int) -> None:
+    def __init__(self, netns: str | None, rcvbuf: int, interner: Interner | None = None) -> None:
         self._ch = Channel(netlink_socket(netns, rcvbuf, (RTNLGRP_NEIGH,)))
+        self.interner = interner or Interner()
 
     def close(self) -> None:
         """A running changes() iterator ends."""
         self._ch.close()
 
-    async def changes(self) -> AsyncIterator[list[int | Lost]]:
-        """Batches of ifindexes whose flood entries changed, in kernel order.
+    async def changes(self) -> AsyncIterator[list[FloodChange | Lost]]:
+        """Batches of flood destinations that appeared or went away, in kernel order.
 
-        Everything already queued is read at once and repeats collapse: a bulk
-        write of 10k entries on one device becomes a few entries, not 10k. On
-        ENOBUFS notifications were lost: a Lost is reported and reading goes on.
+        Everything already queued (up to EVENT_BATCH datagrams) is read at once,
+        and repeats of one (device, destination) collapse into the last. On
+        ENOBUFS notifications were lost: what came before is moot (the reader
+        must dump everything), so the batch restarts with a Lost and reading
+        goes on.
         """
         ch = self._ch
+        intern = self.interner.get
         while not ch.closed:
-            batch: list[int | Lost] = []
-            seen: set[int] = set()
+            lost: Lost | None = None
+            last: dict[tuple[int, bytes], bool] = {}
             for _ in range(EVENT_BATCH):
                 try:
                     buf = ch.recv_nowait()
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
                         raise
-                    batch.append(Lost("netlink neighbour notifications lost (ENOBUFS)"))
-                    seen.clear()
+                    lost = Lost("netlink neighbour notifications lost (ENOBUFS)")
+                    last.clear()
                     continue
                 if buf is None:
                     break
-                for t, _fl, _s, p, e in iter_messages(buf):
-                    if t in (RTM_NEWNEIGH, RTM_DELNEIGH):
-                        hit = flood_entry(buf, p, e)
-                        if hit is not None and hit[0] not in seen:
-                            seen.add(hit[0])
-                            batch.append(hit[0])
-                    elif t == NLMSG_OVERRUN:
-                        batch.append(Lost("netlink overrun"))
-                        seen.clear()
+                for mtype, ifindex, raw in flood_messages(buf):
+                    if mtype == NLMSG_OVERRUN:
+                        lost = Lost("netlink overrun")
+                        last.clear()
+                    else:
+                        last[ifindex, raw] = mtype == RTM_NEWNEIGH
+            batch: list[FloodChange | Lost] = [] if lost is None else [lost]
+            for (ifindex, raw), present in last.items():
+                addr = intern(raw)
+                if addr is not None:
+                    batch.append(FloodChange(ifindex, addr, present))
             if batch:
                 yield batch
             else:

@@ -31,6 +31,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
 from vxrd.floodnl import FloodOp, KernelError
+from vxrd.mirror import FloodChange
 from vxrd.reconcile import Address, FloodDiff
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ApplyError",
     "ApplyResult",
     "FdbChanged",
+    "FloodChange",
     "FloodDiff",
     "Kernel",
     "KernelError",
@@ -125,9 +127,10 @@ class LinkRemoved:
 
 @dataclass(frozen=True)
 class FdbChanged:
-    """An all-zero (flood) fdb entry changed on this device."""
+    """Flood destinations (all-zero fdb entries) that appeared or went away, in
+    kernel order; repeats of one (device, destination) collapsed into the last."""
 
-    ifindex: int
+    changes: tuple[FloodChange, ...]
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,8 @@ class Kernel:
         self.netns = netns
         self._ipr: Any = None  # AsyncIPRoute: link requests
         self._links: Any = None  # AsyncIPRoute bound to RTMGRP_LINK
-        self._nl = floodnl.FloodNetlink(netns)
+        self._interner = floodnl.Interner()  # dumps, writes and fdb events share addresses
+        self._nl = floodnl.FloodNetlink(netns, self._interner)
         self._fdb: floodnl.FloodWatch | None = None
         # Link events are read from open() on, into the queue events() reads,
         # so that _vxlan (ifindexes known to be VXLAN devices) forgets deleted
@@ -280,7 +284,7 @@ class Kernel:
             self._ipr = await _iproute(self.netns)
             self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
             self._nl.open()
-            self._fdb = floodnl.FloodWatch(self.netns, EVENT_RCVBUF)
+            self._fdb = floodnl.FloodWatch(self.netns, EVENT_RCVBUF, self._interner)
             self._queue = asyncio.Queue()
             self._watcher = asyncio.create_task(self._watch_links())
         except BaseException:
@@ -359,9 +363,12 @@ class Kernel:
 
     # -- flood entries (raw netlink: vxrd.floodnl) --------------------------------------
 
-    async def flood_entries(self) -> dict[int, set[Address]]:
-        """All flood destinations per ifindex, from one AF_BRIDGE fdb dump."""
-        return await self._nl.flood_entries()
+    async def flood_entries(self, ifindex: int | None = None) -> dict[int, set[Address]]:
+        """Flood destinations per ifindex, from one AF_BRIDGE fdb dump: of every
+        device, or of the one device `ifindex` (a dump the kernel filters)."""
+        if ifindex is not None and ifindex <= 0:
+            return {}
+        return await self._nl.flood_entries(ifindex or 0)
 
     async def apply(self, changes: Mapping[int, FloodDiff]) -> ApplyResult:
         """Write flood-list changes; removes go before adds.
@@ -421,30 +428,36 @@ class Kernel:
                 items = [await self._queue.get()]
                 while not self._queue.empty():
                     items.append(self._queue.get_nowait())
-                last: dict[int, KernelEvent] = {}
+                last: dict[int, KernelEvent] = {}  # link events per device
                 for item in items:
                     if item is None:
                         return
                     if isinstance(item, BaseException):
                         raise item
-                    key = -1 if isinstance(item, Resync) else item.ifindex
-                    if key == -1:
+                    if isinstance(item, Resync):
                         last.clear()
-                    elif last.get(key) == item:
-                        continue
-                    last[key] = item
+                    elif isinstance(item, LinkChanged | LinkRemoved):
+                        if last.get(item.ifindex) == item:
+                            continue
+                        last[item.ifindex] = item
                     yield item
         finally:
             fdb.cancel()
             await asyncio.gather(fdb, return_exceptions=True)
 
     async def _watch_fdb(self, watch: floodnl.FloodWatch) -> None:
-        """While events() runs: flood-entry notifications from floodnl into the queue."""
+        """While events() runs: flood-entry notifications from floodnl into the queue,
+        one FdbChanged per batch read."""
         try:
             async for batch in watch.changes():
+                changes: list[FloodChange] = []
                 for item in batch:
-                    ev = Resync(item.reason) if isinstance(item, floodnl.Lost) else FdbChanged(item)
-                    self._queue.put_nowait(ev)
+                    if isinstance(item, floodnl.Lost):
+                        self._queue.put_nowait(Resync(item.reason))
+                    else:
+                        changes.append(item)
+                if changes:
+                    self._queue.put_nowait(FdbChanged(tuple(changes)))
         except Exception as exc:  # handed to the reader of events(), unless closing
             if self._ipr is not None:
                 self._queue.put_nowait(exc)

@@ -25,6 +25,7 @@ from vxrd import kernel as kernel_mod
 from vxrd.kernel import (
     Address,
     FdbChanged,
+    FloodChange,
     Kernel,
     KernelEvent,
     LinkChanged,
@@ -32,6 +33,7 @@ from vxrd.kernel import (
     Resync,
     VxlanDevice,
 )
+from vxrd.mirror import FloodMirror
 from vxrd.reconcile import FloodDiff
 
 pytestmark = pytest.mark.root
@@ -220,6 +222,17 @@ async def test_apply_is_idempotent(lab: Lab, kern: Kernel) -> None:
     assert await kern.apply({}) == kernel_mod.ApplyResult()
 
 
+async def test_flood_entries_of_one_device(lab: Lab, kern: Kernel) -> None:
+    i4 = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    i5 = lab.vxlan("vx5", "id", "101", "local", "10.0.0.1", "dstport", "4790", "nolearning")
+    p4, p5 = addrs("10.4.0.1", 3), addrs("10.5.0.1", 300)
+    await kern.apply({i4: FloodDiff(add=p4), i5: FloodDiff(add=p5)})
+    assert await kern.flood_entries(i4) == {i4: set(p4)}
+    assert await kern.flood_entries(i5) == {i5: set(p5)}
+    assert await kern.flood_entries() == {i4: set(p4), i5: set(p5)}
+    assert await kern.flood_entries(424242) == {}
+
+
 async def test_bad_entries_are_reported_and_do_not_stop_others(lab: Lab, kern: Kernel) -> None:
     lab.run("ip", "link", "add", "ve0", "type", "veth", "peer", "name", "ve1")
     veth = lab.ifindex("ve0")
@@ -307,10 +320,18 @@ class Recorder:
         async for event in kern.events():
             self.seen.append(event)
 
+    @property
+    def changes(self) -> list[FloodChange]:
+        """Every flood-entry change seen, in order."""
+        return [c for e in self.seen if isinstance(e, FdbChanged) for c in e.changes]
+
     async def wait_for(self, event: KernelEvent) -> int:
         """Wait until event was seen; return its position."""
         await eventually(lambda: event in self.seen)
         return self.seen.index(event)
+
+    async def wait_change(self, change: FloodChange) -> None:
+        await eventually(lambda: change in self.changes)
 
     async def wait_link(
         self, ifindex: int, check: Callable[[VxlanDevice], bool] = lambda d: True
@@ -367,17 +388,17 @@ async def test_link_and_fdb_events(lab: Lab, kern: Kernel) -> None:
         lab.run("bridge", "fdb", "add", "00:11:22:33:44:77", "dev", "ve0", "self", "permanent")
         lab.run("ip", "link", "set", "ve0", "up")
         lab.run("bridge", "fdb", "append", ZERO, "dev", "vx4", "dst", "10.0.0.7")
-        await rec.wait_for(FdbChanged(idx))
-        assert FdbChanged(other) not in rec.seen
+        await rec.wait_change(FloodChange(idx, A("10.0.0.7"), True))
+        assert rec.changes == [FloodChange(idx, A("10.0.0.7"), True)]
         assert not any(getattr(e, "ifindex", None) == veth for e in rec.seen)
 
         rec.seen.clear()
         lab.run("bridge", "fdb", "del", ZERO, "dev", "vx4", "dst", "10.0.0.7")
-        await rec.wait_for(FdbChanged(idx))
+        await rec.wait_change(FloodChange(idx, A("10.0.0.7"), False))
 
         rec.seen.clear()
         await kern.apply({other: FloodDiff(add=frozenset({A("10.0.0.6")}))})
-        await rec.wait_for(FdbChanged(other))
+        await rec.wait_change(FloodChange(other, A("10.0.0.6"), True))
 
         rec.seen.clear()
         lab.run("ip", "link", "del", "vx4")
@@ -387,15 +408,57 @@ async def test_link_and_fdb_events(lab: Lab, kern: Kernel) -> None:
         await rec.stop()
 
 
-async def test_bulk_writes_collapse_into_few_events(lab: Lab, kern: Kernel) -> None:
-    idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
-    await kern.apply({idx: FloodDiff(add=addrs("11.0.0.0", 5000))})
+async def test_events_keep_a_mirror_equal_to_the_kernel(lab: Lab, kern: Kernel) -> None:
+    """Filled by one dump, then fed only events: hand-made changes with `bridge` and
+    our own writes, mixed; the mirror ends equal to a fresh dump."""
+    i4 = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    i5 = lab.vxlan("vx5", "id", "101", "local", "10.0.0.1", "dstport", "4790", "nolearning")
+    await kern.apply({i4: FloodDiff(add=addrs("10.4.0.1", 5))})
+    mirror = FloodMirror()
+    mirror.load(await kern.flood_entries())
     rec = Recorder(kern)
     try:
-        await rec.wait_for(FdbChanged(idx))
+        lab.run("bridge", "fdb", "del", ZERO, "dev", "vx4", "dst", "10.4.0.1")
+        lab.run("bridge", "fdb", "append", ZERO, "dev", "vx4", "dst", "10.4.0.99")
+        lab.run("bridge", "fdb", "append", ZERO, "dev", "vx5", "dst", "10.5.0.1")
+        diff = FloodDiff(add=frozenset({A("10.4.0.50")}), remove=frozenset({A("10.4.0.2")}))
+        await kern.apply({i4: diff})
+        mirror.written({i4: diff})
+        await kern.apply({i5: FloodDiff(add=frozenset({A("10.5.0.2")}))})  # not recorded
+        lab.run("bridge", "fdb", "del", ZERO, "dev", "vx4", "dst", "10.4.0.50")
+        marker = FloodChange(i5, A("10.5.0.3"), True)
+        lab.run("bridge", "fdb", "append", ZERO, "dev", "vx5", "dst", "10.5.0.3")
+        await rec.wait_change(marker)
+        mirror.apply(rec.changes)
+        truth = await kern.flood_entries()
+        assert {i: set(mirror.get(i)) for i in (i4, i5)} == truth
+        assert truth == {
+            i4: {A("10.4.0.3"), A("10.4.0.4"), A("10.4.0.5"), A("10.4.0.99")},
+            i5: {A("10.5.0.1"), A("10.5.0.2"), A("10.5.0.3")},
+        }
+    finally:
+        await rec.stop()
+
+
+async def test_bulk_writes_arrive_in_few_batches(lab: Lab, kern: Kernel) -> None:
+    idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
+    peers = addrs("11.0.0.0", 5000)
+    await kern.apply({idx: FloodDiff(add=peers)})
+    # queued before anyone reads: an entry added and deleted again is reported once,
+    # as its last state
+    gone = A("10.9.9.9")
+    await kern.apply({idx: FloodDiff(add=frozenset({gone}))})
+    await kern.apply({idx: FloodDiff(remove=frozenset({gone}))})
+    rec = Recorder(kern)
+    try:
+        await eventually(lambda: len(rec.changes) >= len(peers) + 1)
         marker = lab.vxlan("vxm", "id", "7", "local", "10.0.0.1", "dstport", "4790")
         await rec.wait_link(marker)
-        assert 1 <= rec.seen.count(FdbChanged(idx)) <= 5
+        assert set(rec.changes) == {FloodChange(idx, p, True) for p in peers} | {
+            FloodChange(idx, gone, False)
+        }
+        assert len(rec.changes) == len(peers) + 1
+        assert 1 <= sum(isinstance(e, FdbChanged) for e in rec.seen) <= 5
     finally:
         await rec.stop()
 
@@ -410,10 +473,11 @@ async def test_overflow_yields_resync(lab: Lab, monkeypatch: pytest.MonkeyPatch)
             await eventually(lambda: any(isinstance(e, Resync) for e in rec.seen))
             # and it carries on after the overflow
             lab.run("bridge", "fdb", "append", ZERO, "dev", "vx4", "dst", "10.9.9.9")
+            after = FloodChange(idx, A("10.9.9.9"), True)
             await eventually(
-                lambda: (
-                    any(isinstance(e, Resync) for e in rec.seen)
-                    and FdbChanged(idx) in rec.seen[[type(e) for e in rec.seen].index(Resync) :]
+                lambda: any(
+                    isinstance(e, FdbChanged) and after in e.changes
+                    for e in rec.seen[[type(e) for e in rec.seen].index(Resync) :]
                 )
             )
         finally:

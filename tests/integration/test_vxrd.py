@@ -34,7 +34,7 @@ from tests.conftest import require_root
 from vxrd.agent import Agent
 from vxrd.cli import serve
 from vxrd.config import Config, ServerAddr
-from vxrd.kernel import Kernel
+from vxrd.kernel import Address, Kernel
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO = "00:00:00:00:00:00"
@@ -345,6 +345,70 @@ async def test_repairs_hand_changes_within_a_second(ns: str, tmp_path: Path) -> 
         assert m["vxrd_fdb_adds_total"] == 3 and m["vxrd_fdb_removes_total"] == 1
         assert m["vxrd_apply_seconds_count"] >= 3
         assert 0 <= m[f'vxrd_server_last_contact_seconds{{server="127.0.0.1:{srv.port}"}}'] < 60
+
+
+class CountingKernel(Kernel):
+    """Kernel that records every flood-entry dump: None for a full one, else the ifindex."""
+
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns)
+        self.dumps: list[int | None] = []
+
+    async def flood_entries(self, ifindex: int | None = None) -> dict[int, set[Address]]:
+        self.dumps.append(ifindex)
+        return await super().flood_entries(ifindex)
+
+
+async def test_mirror_follows_hand_changes_and_repairs_without_dumps(
+    ns: str, tmp_path: Path
+) -> None:
+    """After the first dump the agent knows the kernel from fdb events alone: a
+    hand-made entry shows up in its mirror, membership changes and repairs are
+    written from the mirror, and none of it reads the flood list again."""
+    local_vxlan(ns, "vx100", 100)
+    async with fake_server() as srv:
+        config = Config(
+            servers=(ServerAddr("127.0.0.1", srv.port),),
+            node_id="node-a",
+            status_socket=tmp_path / "vxrd.sock",
+        )
+        kern = CountingKernel(ns)
+        agent_ = Agent(config, kern)
+        await agent_.open()
+        task = asyncio.create_task(agent_.run())
+        try:
+            await srv.wait_register(serves(100))
+            await until(lambda: _true(kern.dumps == [None]), what="the first (full) dump")
+            (idx,) = agent_.devices
+
+            def mirror() -> set[str]:
+                return {str(a) for a in agent_.mirror.get(idx)}
+
+            # no server has answered: the agent adopts the entry, its mirror follows
+            run("bridge", "-n", ns, "fdb", "append", ZERO, "dev", "vx100", "dst", "10.77.0.50")
+            await until(lambda: _true(mirror() == {"10.77.0.50"}), what="mirror has the entry")
+
+            srv.send(srv.membership(100, 1, ("10.77.0.2", "10.77.0.3")))
+            await has_flood(ns, "vx100", {"10.77.0.2", "10.77.0.3"})
+
+            run("bridge", "-n", ns, "fdb", "del", ZERO, "dev", "vx100", "dst", "10.77.0.2")
+            run("bridge", "-n", ns, "fdb", "append", ZERO, "dev", "vx100", "dst", "10.77.0.66")
+            repairs = "vxrd_reconcile_repairs_total"
+            await until(
+                lambda: _true(agent_.metrics.registry.get_sample_value(repairs) == 2),
+                what="two repairs",
+            )
+            await has_flood(ns, "vx100", {"10.77.0.2", "10.77.0.3"}, within=1.0)
+            await until(lambda: _true(mirror() == {"10.77.0.2", "10.77.0.3"}), what="mirror")
+            assert kern.dumps == [None]
+
+            await agent_._tick()  # the reconcile timer reads everything again
+            await until(lambda: _true(kern.dumps == [None, None]), what="the timer's dump")
+            assert mirror() == await flood(ns, "vx100")
+        finally:
+            agent_.stop.set()
+            await asyncio.wait_for(task, 5.0)
+            await agent_.close()
 
 
 async def test_adopts_kernel_entries_until_a_server_answers(ns: str, tmp_path: Path) -> None:
