@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -236,13 +237,39 @@ class ServerClient:
         self.round_sent: float | None = None  # monotonic time of the last round
         self.answered = False  # the server replied since our last round
         self.poke = asyncio.Event()  # set on every round sent and every reply
-        self.address: tuple[str, int] | None = None  # resolved (ip, port)
+        self._address: tuple[str, int] | None = None  # resolved (ip, port)
+        self._source = ""  # the server's ip, normalised (_norm): what replies come from
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
         return str(self.server)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The resolved (ip, port) datagrams go to; None until the name resolves."""
+        return self._address
+
+    @address.setter
+    def address(self, value: tuple[str, int] | None) -> None:
+        # normalised once here, not for every datagram received
+        self._address = value
+        self._source = "" if value is None else _norm(value[0])
+
+    def from_server(self, source: str) -> bool:
+        """Whether a datagram's source address (as the socket reports it) is the server.
+
+        The socket reports the server's address in the canonical text that
+        resolving gave (inet_ntop and ipaddress agree on it), so the common case
+        is one string comparison. Any other text is parsed (cached per text): an
+        IPv4-mapped IPv6 address counts as the IPv4 address, a scope id is
+        ignored, other spellings of the same IPv6 address match.
+        """
+        address = self._address
+        if address is None:
+            return False
+        return source == address[0] or _norm(source) == self._source
 
     def count_drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -324,7 +351,7 @@ class ServerClient:
     def feed(self, data: bytes, source: str, now_wall: float, now_mono: float) -> Outcome | None:
         """Check and apply one datagram (sans-IO apart from the ack for duplicates):
         a membership, or an Ack answering our register round."""
-        if self.address is None or _norm(source) != _norm(self.address[0]):
+        if not self.from_server(source):
             self.count_drop("unexpected-source")
             return None
         try:
@@ -363,7 +390,10 @@ class ServerClient:
                 log.exception("server %s: error handling datagram", self.name)
 
 
+@functools.lru_cache(maxsize=256)
 def _norm(ip: str) -> str:
+    """An address text in one canonical form: scope id dropped, IPv4-mapped IPv6
+    as IPv4, compressed IPv6. Not an address: the text itself."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

@@ -224,3 +224,32 @@ def test_server_ack_answers_the_round_and_carries_the_registry_id() -> None:
 
 async def _done(value: bool) -> bool:
     return value
+
+
+def test_source_check_matches_the_resolved_server_cheaply() -> None:
+    from vxrd import client as client_mod
+
+    c, _ = _client()
+    c.address = None
+    assert not c.from_server("192.0.2.1")  # not resolved yet
+    c.address = ("192.0.2.1", 10001)
+    client_mod._norm.cache_clear()
+    for _ in range(3):
+        assert c.from_server("192.0.2.1")
+    info = client_mod._norm.cache_info()
+    assert info.hits == info.misses == 0  # the common case parses nothing
+    assert c.from_server("::ffff:192.0.2.1")  # IPv4-mapped
+    assert not c.from_server("192.0.2.11")
+    assert not c.from_server("::ffff:192.0.2.11")
+    assert not c.from_server("not an address")
+
+
+def test_source_check_ipv6_spellings_and_scope() -> None:
+    c, _ = _client()
+    c.address = ("2001:DB8:0:0::1", 10001)  # normalised once, when set
+    assert c.from_server("2001:db8::1")
+    assert not c.from_server("2001:db8::2")
+    c.address = ("fe80::1%eth0", 10001)
+    assert c.from_server("fe80::1%eth0")
+    assert c.from_server("fe80::1")  # the scope id is not compared
+    assert not c.from_server("fe80::2%eth0")
