@@ -148,7 +148,10 @@ class ServerState:
         # a snapshot, or a delta from generation 0 (the empty set) of a new registry,
         # replaces the members; any other delta edits them
         base = frozenset() if msg.base is None or st.stale else st.members
-        st.members = (base | add) - remove
+        # one copy of a member set that may hold thousands, not two; a change with
+        # nothing in it keeps the very object (the agent's desired-set cache hits)
+        members = base | add if add else base
+        st.members = members - remove if remove else members
         st.applied = msg.generation
         st.stale = False
         out.changed.add(msg.vni)

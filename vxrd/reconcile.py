@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from itertools import repeat
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -39,7 +40,17 @@ def desired_for(members: Iterable[Address], own: Address | None) -> frozenset[Ad
     A VTEP never floods to its own address (that would loop BUM traffic back).
     When the own address is known, members of the other IP version are dropped
     too: a device bound to an IPv4 local address cannot reach IPv6 peers.
+
+    Runs on every membership change over the whole member set, so it avoids
+    per-member Python code: building a set from the members would call
+    ipaddress's Python-level __hash__ for each, while a frozenset passed in is
+    kept, filtered with set operations that reuse its stored hashes, and the
+    family check is one C-level pass (isinstance through map).
     """
+    peers = members if isinstance(members, frozenset) else frozenset(members)
     if own is None:
-        return frozenset(members)
-    return frozenset(m for m in members if m != own and m.version == own.version)
+        return peers
+    kind = type(own)
+    if not all(map(isinstance, peers, repeat(kind))):
+        peers = peers - {m for m in peers if not isinstance(m, kind)}
+    return peers - {own} if own in peers else peers

@@ -72,3 +72,13 @@ def test_desired_for_properties(members: list[Address], own: Address | None) -> 
     if own is not None:
         assert all(m.version == own.version for m in result)
         assert result == {m for m in members if m != own and m.version == own.version}
+
+
+@given(address_sets, st.one_of(st.none(), addresses))
+def test_desired_for_a_member_set_filters_without_rebuilding(
+    members: frozenset[Address], own: Address | None
+) -> None:
+    result = desired_for(members, own)
+    assert result == desired_for(list(members), own)
+    if own is None or (own not in members and all(m.version == own.version for m in members)):
+        assert result is members  # nothing to drop: the set itself, no copy
