@@ -267,12 +267,44 @@ def netlink_socket(netns: str | None, rcvbuf: int, groups: Iterable[int] = ()) -
 
 
 class Channel:
-    """One netlink socket driven by the event loop (add_reader), no threads."""
+    """One netlink socket driven by the event loop (add_reader), no threads.
+
+    The socket stays registered with the loop from the first wait on, not
+    added and removed around every wait: the notification socket waits once
+    per event, and two epoll_ctl calls plus the selector bookkeeping each
+    time were a visible part of handling one.
+
+    epoll is level-triggered, and the loop may report the socket readable
+    once more after the data was read (it polled before the reader ran): a
+    waiter then wakes for nothing and simply waits again. A socket that stays
+    readable while nobody waits would make the callback fire on every loop
+    turn; on the second such turn in a row the callback unregisters it, and
+    the next wait registers it again.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # registered with this loop
+        self._unwanted = 0  # consecutive callbacks with nobody waiting
+
+    def _wake(self) -> None:
+        fut = self._waiter
+        if fut is None:
+            self._unwanted += 1
+            if self._unwanted > 1:
+                self._unwatch()
+            return
+        self._unwanted = 0
+        if not fut.done():
+            fut.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to remove
+                self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
 
     async def readable(self) -> None:
         """Wait until the socket has data (or the channel is closed)."""
@@ -281,19 +313,16 @@ class Channel:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiter = fut
-
-        def wake() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        fd = self.sock.fileno()
-        loop.add_reader(fd, wake)
+        if self._loop is not loop:
+            self._unwatch()
+            loop.add_reader(self.sock.fileno(), self._wake)
+            self._loop = loop
+            self._unwanted = 0
         try:
             await fut
         finally:
-            self._waiter = None
-            if not self.closed:
-                loop.remove_reader(fd)
+            if self._waiter is fut:
+                self._waiter = None
 
     def recv_nowait(self) -> bytes | None:
         """One datagram, or None when nothing is queued. Raises OSError (ENOBUFS)."""
@@ -319,11 +348,9 @@ class Channel:
         if self.closed:
             return
         self.closed = True
-        if self._waiter is not None:
-            with contextlib.suppress(RuntimeError):  # no running loop: no reader either
-                asyncio.get_running_loop().remove_reader(self.sock.fileno())
-            if not self._waiter.done():
-                self._waiter.set_result(None)
+        self._unwatch()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
         self.sock.close()
 
 
