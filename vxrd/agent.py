@@ -444,12 +444,18 @@ class Agent:
             for i in self.mirror.stale()
             if (view := self.devices.get(i)) is not None and view.status == MANAGED
         ]
-        if not self.mirror.complete or len(stale) > STALE_LIMIT:
-            self.mirror.load(await self.kernel.flood_entries())
-            return
-        for ifindex in stale:
-            found = await self.kernel.flood_entries(ifindex)
-            self.mirror.load_device(ifindex, found.get(ifindex, ()))
+        full = not self.mirror.complete or len(stale) > STALE_LIMIT
+        for ifindex in [None] if full else stale:
+            self.mirror.begin_read()  # events read during the dump go on top of it
+            try:
+                found = await self.kernel.flood_entries(ifindex)
+            except BaseException:
+                self.mirror.abort_read()
+                raise
+            if ifindex is None:
+                self.mirror.load(found)
+            else:
+                self.mirror.load_device(ifindex, found.get(ifindex, ()))
 
     def _desired(
         self, ifindex: int, view: DeviceView, states: list[ServerState]

@@ -15,7 +15,11 @@ failed, so its effect is unknown (`stale`).
 
 Notifications are applied in kernel order, so once every queued one has been
 read the mirror equals the kernel, whatever vxrd wrote in between: a write
-updates the mirror early and its echo then changes nothing. One silent
+updates the mirror early and its echo then changes nothing. A dump is a
+snapshot taken while notifications keep arriving on another socket: those
+read between the request (`begin_read`) and the load are applied again on
+top of it, so a change made while the kernel was being read is not lost
+under an older snapshot. One silent
 change is not followed: `bridge fdb replace` of an all-zero entry swaps its
 first destination and notifies only the new one; the periodic dump fixes it.
 """
@@ -45,6 +49,7 @@ class FloodMirror:
         self._entries: dict[int, set[Address]] = {}
         self._complete = False  # False until the first full dump, and after lost events
         self._stale: set[int] = set()  # devices to re-read before they are trusted
+        self._during_read: list[FloodChange] | None = None  # events since begin_read()
 
     @property
     def complete(self) -> bool:
@@ -60,11 +65,21 @@ class FloodMirror:
         an await (the mirror changes in place as notifications arrive)."""
         return self._entries.get(ifindex, _EMPTY)
 
+    def begin_read(self) -> None:
+        """A dump is about to be requested: keep the events applied from now on, to
+        apply them again on top of it (load, load_device)."""
+        self._during_read = []
+
+    def abort_read(self) -> None:
+        """The dump failed: stop keeping events."""
+        self._during_read = None
+
     def load(self, entries: Mapping[int, Iterable[Address]]) -> None:
         """Replace everything with a full dump."""
         self._entries = {i: set(a) for i, a in entries.items() if a}
         self._complete = True
         self._stale.clear()
+        self._replay(None)
 
     def load_device(self, ifindex: int, entries: Iterable[Address]) -> None:
         """Replace one device with a dump of that device."""
@@ -74,6 +89,12 @@ class FloodMirror:
         else:
             self._entries.pop(ifindex, None)
         self._stale.discard(ifindex)
+        self._replay(ifindex)
+
+    def _replay(self, ifindex: int | None) -> None:
+        late, self._during_read = self._during_read, None
+        if late:
+            self.apply(c for c in late if ifindex is None or c.ifindex == ifindex)
 
     def invalidate(self) -> None:
         """Notifications were lost, or it is time to check: dump everything next."""
@@ -96,7 +117,10 @@ class FloodMirror:
         """
         news: list[FloodChange] = []
         entries = self._entries
+        keep = self._during_read
         for change in changes:
+            if keep is not None:
+                keep.append(change)
             ifindex, address, present = change
             have = entries.get(ifindex)
             if present:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxrd.mirror import FloodChange, FloodMirror, drifted
@@ -94,14 +94,20 @@ PEERS = st.builds(ipaddress.IPv4Address, st.integers(0x0A000001, 0x0A000008))
 FOREIGN = st.tuples(DEVICES, PEERS, st.booleans())
 # vxrd's own: (device, wanted set)
 OWN = st.tuples(DEVICES, st.frozensets(PEERS, max_size=6))
-STEPS = st.lists(st.one_of(FOREIGN, OWN, st.just("drain")), max_size=40)
+STEPS = st.lists(
+    st.one_of(FOREIGN, st.just("drain"), st.just("dump"), st.just("load"), OWN),
+    min_size=4,
+    max_size=40,
+)
 
 
+@settings(max_examples=300)
 @given(STEPS)
 def test_after_every_queued_event_the_mirror_equals_the_kernel(steps: list[object]) -> None:
-    """Whatever mix of foreign changes, own writes (mirror updated at once) and
-    late-delivered events: once the queue is drained, mirror == kernel, and a
-    reconcile from the mirror reaches what is wanted."""
+    """Whatever mix of foreign changes, own writes (mirror updated at once),
+    late-delivered events and full dumps (answered later, with events read in
+    between): once the queue is drained, mirror == kernel, and a reconcile
+    from the mirror reaches what is wanted."""
     kernel: dict[int, set[Address]] = {5: set(), 6: set()}
     queue: list[FloodChange] = []  # notifications not yet read
     m = FloodMirror()
@@ -113,15 +119,26 @@ def test_after_every_queued_event_the_mirror_equals_the_kernel(steps: list[objec
             (have.add if present else have.discard)(peer)
             queue.append(FloodChange(ifindex, peer, present))
 
+    snapshot: dict[int, set[Address]] | None = None
     for step in steps:
         if step == "drain":
             m.apply(queue)
             queue.clear()
+        elif step == "dump":  # the kernel answers now; the answer is loaded later
+            m.begin_read()
+            snapshot = {i: set(a) for i, a in kernel.items()}
+        elif step == "load":
+            if snapshot is not None:
+                m.load(snapshot)
+                snapshot = None
         elif isinstance(step, tuple) and len(step) == 3:
             ifindex, peer, present = step
             change(ifindex, peer, present)
         else:
             assert isinstance(step, tuple) and len(step) == 2
+            if snapshot is not None:  # vxrd reconciles (writes) only after its dump
+                m.load(snapshot)
+                snapshot = None
             ifindex, wanted = step
             diff = reconcile(wanted, m.get(ifindex))
             for p in diff.remove:
@@ -129,6 +146,8 @@ def test_after_every_queued_event_the_mirror_equals_the_kernel(steps: list[objec
             for p in diff.add:
                 change(ifindex, p, True)
             m.written({ifindex: diff})
+    if snapshot is not None:
+        m.load(snapshot)
     m.apply(queue)
     assert {i: set(m.get(i)) for i in kernel} == kernel
     for ifindex in kernel:
@@ -165,3 +184,28 @@ def test_own_writes_keep_the_mirror_exact_and_their_echoes_are_no_news(
             assert kernel[ifindex] == wanted
             assert m.apply(queue) == []  # the echo asks for nothing
             queue.clear()
+
+
+def test_events_read_during_a_dump_are_applied_on_top_of_it() -> None:
+    m = FloodMirror()
+    m.load({5: {P1, P2}})
+    m.invalidate()
+    m.begin_read()
+    # the kernel snapshots {P1, P2}; then P2 is deleted by hand and P3 added, and
+    # those events are read before the dump's answer is loaded
+    m.apply([FloodChange(5, P2, False), FloodChange(6, P3, True)])
+    m.load({5: {P1, P2}})
+    assert m.get(5) == {P1} and m.get(6) == {P3}
+    # a device dump: only that device's events are replayed; the keeping stops
+    m.begin_read()
+    m.apply([FloodChange(5, P3, True), FloodChange(6, P3, False)])
+    m.load_device(5, [P1])
+    assert m.get(5) == {P1, P3} and m.get(6) == set()
+    m.apply([FloodChange(5, P2, True)])
+    m.load_device(5, [P1])  # no read begun: nothing replayed
+    assert m.get(5) == {P1}
+    m.begin_read()
+    m.abort_read()
+    m.apply([FloodChange(5, P2, True)])
+    m.load({5: {P1}})
+    assert m.get(5) == {P1}
