@@ -416,9 +416,10 @@ class Kernel:
 
         Link events come from pyroute2, flood-entry events from floodnl, each in
         kernel order; the two streams are merged as they arrive. Whatever is
-        queued is taken at once and repeats per device collapse. When
-        notifications were lost (ENOBUFS), Resync is yielded and the stream
-        carries on.
+        queued is taken at once: identical link events per device collapse, and
+        flood-entry changes come as one FdbChanged per batch floodnl read (each
+        entry once, in its last state). When notifications were lost (ENOBUFS),
+        Resync is yielded and the stream carries on.
         """
         if self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
