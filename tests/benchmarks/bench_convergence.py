@@ -31,6 +31,12 @@ controller itself: on the joiner's link event it writes (or deletes) the entry i
 N-1 namespaces with pre-opened netlink sockets. Same observer, no control plane: the
 floor of "notice a kernel event in Python and program N-1 kernels", for ratios.
 
+Floor (``--floor``, on by default): the same, but through the smallest possible
+Python agent: on the joiner's link event this process sends one UDP datagram from
+the underlay namespace to a minimal asyncio process on each other host, which writes
+the netlink message the datagram carries. The floor of any design that wakes one
+Python process per host, on this machine: vxrd's real work is what lies above it.
+
 Goal at 30 hosts: p50 under 10 ms, p99 under 50 ms.
 """
 
@@ -228,6 +234,30 @@ class Observer:
             sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+# The floor's agent: an asyncio process that writes every datagram it receives to
+# rtnetlink as it is (the controller sends ready-made RTM_NEWNEIGH/RTM_DELNEIGH).
+FLOOR_AGENT = """
+import asyncio, socket, sys
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+nl.bind((0, 0))
+class Agent(asyncio.DatagramProtocol):
+    def datagram_received(self, data, addr):
+        nl.send(data)
+        try:
+            while True:
+                nl.recv(65536, socket.MSG_DONTWAIT)  # acks of earlier requests, if any
+        except BlockingIOError:
+            pass
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Agent, local_addr=(sys.argv[1], int(sys.argv[2])))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+FLOOR_PORT = 10002
 
 
 # -- control-plane capture ------------------------------------------------------------------
@@ -560,11 +590,59 @@ class Bench:
             for s in socks.values():
                 s.close()
 
+    def floor(self, joins: int) -> list[Result]:
+        """The baseline's controller, but each host's write made by a minimal Python
+        agent woken by a UDP datagram from the underlay namespace."""
+        agents = []
+        try:
+            for h in self.others:
+                proc = h.popen(
+                    [sys.executable, "-c", FLOOR_AGENT, h.underlay, str(FLOOR_PORT)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                agents.append(proc)
+            for proc in agents:
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a floor agent did not start")
+            sender = self.lab.service.socket()
+            dst = self.joiner.underlay
+            index = {h: self.ifindex(h, f"vx{VNI}") for h in self.others}
+            add = {h: neigh_request(RTM_NEWNEIGH, i, dst) for h, i in index.items()}
+            delete = {h: neigh_request(RTM_DELNEIGH, i, dst) for h, i in index.items()}
+            obs = Observer(self.lab.namespaces())
+            joiner = self.joiner.name
+
+            def react(ev: Event) -> None:
+                if ev.ns != joiner or ev.detail != f"vx{VNI}":
+                    return
+                msgs = add if ev.kind == "up" else delete if ev.kind == "dellink" else None
+                if msgs is None:
+                    return
+                for h, msg in msgs.items():
+                    sender.sendto(msg, (h.underlay, FLOOR_PORT))
+
+            obs.react = react
+            try:
+                return self.run_ops(obs, None, joins, " (floor)")
+            finally:
+                obs.close()
+                sender.close()
+        finally:
+            for proc in agents:
+                proc.kill()
+                proc.wait(5)
+                if proc.stdout is not None:
+                    proc.stdout.close()
+
 
 def run_n(
     n: int,
     joins: int,
     baseline: bool,
+    floor: bool,
     quiet: bool,
     vxsnd_args: Sequence[str] = (),
     db_dir: Path | None = None,
@@ -583,6 +661,13 @@ def run_n(
             bench.joiner.exec(["ip", "link", "set", f"vx{VNI}", "down"])
             gone = ["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", f"vx{VNI}"]
             for h in bench.others:  # the baseline's entries go; the daemons start from empty
+                h.exec([*gone, "dst", bench.joiner.underlay], check=False)
+        if floor:
+            bench.log(f"floor: {joins} joins and leaves through minimal Python agents")
+            results += bench.floor(joins)
+            bench.joiner.exec(["ip", "link", "set", f"vx{VNI}", "down"])
+            gone = ["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", f"vx{VNI}"]
+            for h in bench.others:
                 h.exec([*gone, "dst", bench.joiner.underlay], check=False)
         bench.log("starting vxsnd and vxrd")
         bench.start_daemons()
@@ -643,7 +728,7 @@ def report(results: Sequence[Result]) -> str:
     stage_names = ["register", "vxsnd", "fan-out", "tail"]
     rows = []
     for r in results:
-        if "baseline" in r.op or not r.samples:
+        if " (" in r.op or not r.samples:  # baseline and floor rows have no stages
             continue
         cells = [str(r.n), r.op]
         for name in stage_names:
@@ -671,16 +756,17 @@ def report(results: Sequence[Result]) -> str:
         out.append("")
         out.append("CPU per operation (ms, from /proc/PID/schedstat; includes the settle pause):")
         out.append(table(["N", "op", "vxsnd", "all vxrd", "per vxrd"], cpu_rows))
-    base = {(r.n, r.op.split()[0]): r for r in results if "baseline" in r.op and r.samples}
     ratios = []
-    for r in results:
-        b = base.get((r.n, r.op))
-        if b is not None and r.samples:
-            p50 = percentile([s.ms for s in r.samples], 50)
-            b50 = percentile([s.ms for s in b.samples], 50)
-            ratios.append(
-                f"N={r.n} {r.op}: p50 {p50:.2f} ms = {p50 / b50:.1f}x the baseline's {b50:.2f} ms"
-            )
+    for ref in ("baseline", "floor"):
+        base = {(r.n, r.op.split()[0]): r for r in results if f"({ref})" in r.op and r.samples}
+        for r in results:
+            b = base.get((r.n, r.op))
+            if b is not None and r.samples:
+                p50 = percentile([s.ms for s in r.samples], 50)
+                b50 = percentile([s.ms for s in b.samples], 50)
+                ratios.append(
+                    f"N={r.n} {r.op}: p50 {p50:.2f} ms = {p50 / b50:.1f}x the {ref}'s {b50:.2f} ms"
+                )
     if ratios:
         out.append("")
         out.extend(ratios)
@@ -691,7 +777,7 @@ def goal(results: Sequence[Result], n: int = 30) -> list[str]:
     """Lines saying whether the goal at ``n`` hosts is met."""
     out = []
     for r in results:
-        if r.n != n or "baseline" in r.op:
+        if r.n != n or " (" in r.op:
             continue
         ms = [s.ms for s in r.samples]
         if not ms or r.timeouts:
@@ -716,6 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--joins", type=int, default=20, help="joins (and leaves) per N")
     parser.add_argument(
         "--no-baseline", dest="baseline", action="store_false", help="skip the baseline rows"
+    )
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the floor rows"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs")
@@ -742,7 +831,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     realtime = True
     for n in args.hosts:
         got, rt = run_n(
-            n, args.joins, args.baseline, args.quiet, args.vxsnd_arg, args.db_dir, args.keep_logs
+            n,
+            args.joins,
+            args.baseline,
+            args.floor,
+            args.quiet,
+            args.vxsnd_arg,
+            args.db_dir,
+            args.keep_logs,
         )
         results += got
         realtime = realtime and rt
