@@ -37,7 +37,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.sql.expression import UpdateBase
+from sqlalchemy.sql.expression import BindParameter, UpdateBase
 
 from schema import tables as t
 from vxsnd.batch import (
@@ -157,6 +157,67 @@ _TRIM = delete(_c).where(
     and_(_c.c.vni == bindparam("b_vni"), _c.c.generation <= bindparam("b_cut"))
 )
 
+# Queries built once: SQLAlchemy memoises a constant statement's cache key, while a
+# statement built per call costs more Python than the database work (an expanding
+# IN parameter takes the list at execution). Parameters: ids, vnis, keys, now.
+_IDS: BindParameter[str] = bindparam("ids", expanding=True)
+_VNIS: BindParameter[int] = bindparam("vnis", expanding=True)
+_KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
+_MEMBER_COLS = (_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id)
+_VNIS_KNOWN = select(_v.c.vni).where(_v.c.vni.in_(_VNIS))
+_MEMBERS_IN_VNIS = select(*_MEMBER_COLS).where(_m.c.vni.in_(_VNIS))
+_MEMBERS_AT = select(*_MEMBER_COLS).where(tuple_(_m.c.vni, _m.c.address).in_(_KEYS))
+_MEMBERS_OF = select(*_MEMBER_COLS).where(_m.c.node_id.in_(_IDS))
+_MEMBERS_OF_OR_AT = union_all(_MEMBERS_OF, _MEMBERS_AT)
+_NODES_KNOWN = select(_n.c.node_id, _n.c.incarnation, _n.c.registered_at).where(
+    _n.c.node_id.in_(_IDS)
+)
+_CLAIMS_OF = (
+    select(
+        _n.c.node_id,
+        _n.c.incarnation,
+        _n.c.registered_at,
+        _nv.c.vni,
+        _nv.c.local_address,
+        _nv.c.applied_generation,
+    )
+    .select_from(_n.outerjoin(_nv, _nv.c.node_id == _n.c.node_id))
+    .where(_n.c.node_id.in_(_IDS))
+)
+_VNI_ROWS = select(  # same columns as _CLAIMS_OF: which VNIs have a row
+    cast(null(), _n.c.node_id.type),
+    cast(null(), _n.c.incarnation.type),
+    cast(null(), _n.c.registered_at.type),
+    _v.c.vni,
+    cast(null(), _nv.c.local_address.type),
+    cast(null(), _nv.c.applied_generation.type),
+).where(_v.c.vni.in_(_VNIS))
+_CLAIMS_OF_AND_VNI_ROWS = union_all(_CLAIMS_OF, _VNI_ROWS)
+_HEIRS = (
+    select(_nv.c.vni, _nv.c.local_address, _n.c.node_id)
+    .join(_n, _n.c.node_id == _nv.c.node_id)
+    .where(tuple_(_nv.c.vni, _nv.c.local_address).in_(_KEYS), _n.c.expires_at > bindparam("now"))
+    .order_by(_n.c.last_seen, _n.c.node_id)
+)
+_STATIC_MEMBERS = select(_m.c.vni, _m.c.address).where(_m.c.origin == t.ORIGIN_STATIC)
+_NODES_AND_MEMBERS = (
+    select(_n.c.node_id, _m.c.vni, _m.c.address)
+    .select_from(_n.outerjoin(_m, _m.c.node_id == _n.c.node_id))
+    .where(_n.c.node_id.in_(_IDS))
+)
+_DELETE_CLAIMS_OF = delete(_nv).where(_nv.c.node_id.in_(_IDS))
+_DELETE_NODES = delete(_n).where(_n.c.node_id.in_(_IDS))
+_EXPIRED_NODES = select(_n.c.node_id).where(_n.c.expires_at <= bindparam("now"))
+_EXPIRED_STATIC = select(_m.c.vni, _m.c.address).where(
+    _m.c.expires_at.is_not(None), _m.c.expires_at <= bindparam("now")
+)
+_BUMP = (
+    update(_v)
+    .where(_v.c.vni.in_(_VNIS))
+    .values(generation=_v.c.generation + 1, updated_at=bindparam("now"))
+    .returning(_v.c.vni, _v.c.generation)
+)
+
 
 _Compiled = tuple[str, tuple[str, ...], dict[str, Any]]  # SQL, parameter order, literals
 _COMPILED: dict[tuple[UpdateBase, str, tuple[str, ...]], _Compiled] = {}
@@ -212,7 +273,7 @@ class BatchWriter:
         if not wanted:
             return
         for chunk in chunks(sorted(wanted)):
-            rows = self.conn.execute(select(_v.c.vni).where(_v.c.vni.in_(chunk)))
+            rows = self.conn.execute(_VNIS_KNOWN, {"vnis": chunk})
             self.known_vnis.update(r.vni for r in rows)
         missing = wanted - self.known_vnis
         self.many(
@@ -227,32 +288,20 @@ class BatchWriter:
         if len(keys) > CHUNK:  # many keys: one scan of their VNIs beats huge IN lists
             vnis = sorted({v for v, _ in keys})
             for chunk_v in chunks(vnis):
-                rows = self.conn.execute(
-                    select(_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id).where(
-                        _m.c.vni.in_(chunk_v)
-                    )
-                )
+                rows = self.conn.execute(_MEMBERS_IN_VNIS, {"vnis": chunk_v})
                 for r in rows:
                     if (r.vni, r.address) in keys:
                         found[(r.vni, r.address)] = (r.origin, r.node_id)
             return found
         for chunk in chunks(sorted(keys)):
-            rows = self.conn.execute(
-                select(_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id).where(
-                    tuple_(_m.c.vni, _m.c.address).in_(chunk)
-                )
-            )
-            for r in rows:
+            for r in self.conn.execute(_MEMBERS_AT, {"keys": chunk}):
                 found[(r.vni, r.address)] = (r.origin, r.node_id)
         return found
 
     def owned_by(self, node_ids: Iterable[str]) -> dict[str, set[Key]]:
         owned: dict[str, set[Key]] = {}
         for chunk in chunks(sorted(set(node_ids))):
-            rows = self.conn.execute(
-                select(_m.c.node_id, _m.c.vni, _m.c.address).where(_m.c.node_id.in_(chunk))
-            )
-            for r in rows:
+            for r in self.conn.execute(_MEMBERS_OF, {"ids": chunk}):
                 owned.setdefault(r.node_id, set()).add((r.vni, r.address))
         return owned
 
@@ -260,12 +309,7 @@ class BatchWriter:
         """node_id -> (incarnation, registered_at) of the nodes that exist."""
         found: dict[str, tuple[int, float]] = {}
         for chunk in chunks(sorted(set(node_ids))):
-            rows = self.conn.execute(
-                select(_n.c.node_id, _n.c.incarnation, _n.c.registered_at).where(
-                    _n.c.node_id.in_(chunk)
-                )
-            )
-            for r in rows:
+            for r in self.conn.execute(_NODES_KNOWN, {"ids": chunk}):
                 found[r.node_id] = (r.incarnation, r.registered_at)
         return found
 
@@ -279,33 +323,17 @@ class BatchWriter:
         claims; also records in `known_vnis` which of `vnis` have a row. One
         query (a UNION ALL) when the ids and the VNIs each fit one IN list.
         """
-        by_node = select(
-            _n.c.node_id,
-            _n.c.incarnation,
-            _n.c.registered_at,
-            _nv.c.vni,
-            _nv.c.local_address,
-            _nv.c.applied_generation,
-        ).select_from(_n.outerjoin(_nv, _nv.c.node_id == _n.c.node_id))
-        by_vni = select(
-            cast(null(), _n.c.node_id.type),
-            cast(null(), _n.c.incarnation.type),
-            cast(null(), _n.c.registered_at.type),
-            _v.c.vni,
-            cast(null(), _nv.c.local_address.type),
-            cast(null(), _nv.c.applied_generation.type),
-        )
-        queries: list[Any] = [
-            by_node.where(_n.c.node_id.in_(c)) for c in chunks(sorted(set(node_ids)))
-        ]
-        queries += [
-            by_vni.where(_v.c.vni.in_(c)) for c in chunks(sorted(set(vnis) - self.known_vnis))
-        ]
-        if len(queries) == 2:
-            queries = [union_all(*queries)]
+        id_chunks = list(chunks(sorted(set(node_ids))))
+        vni_chunks = list(chunks(sorted(set(vnis) - self.known_vnis)))
+        queries: list[tuple[Any, dict[str, Any]]]
+        if len(id_chunks) == 1 and len(vni_chunks) == 1:
+            queries = [(_CLAIMS_OF_AND_VNI_ROWS, {"ids": id_chunks[0], "vnis": vni_chunks[0]})]
+        else:
+            queries = [(_CLAIMS_OF, {"ids": c}) for c in id_chunks]
+            queries += [(_VNI_ROWS, {"vnis": c}) for c in vni_chunks]
         nodes: dict[str, tuple[int, float]] = {}
         claims: dict[str, dict[int, tuple[str, int]]] = {}
-        for query in queries:
+        for query, params in queries:
             for (
                 node_id,
                 incarnation,
@@ -313,7 +341,7 @@ class BatchWriter:
                 vni,
                 address,
                 applied,
-            ) in self.conn.execute(query):
+            ) in self.conn.execute(query, params):
                 if vni is not None:
                     self.known_vnis.add(vni)  # a claim's VNI has a row (foreign key)
                 if node_id is None:
@@ -342,19 +370,19 @@ class BatchWriter:
         node_ids, keys = sorted(set(node_ids)), set(keys)
         if len(node_ids) > CHUNK or len(keys) > CHUNK:
             return self.owned_by(node_ids), self.members_at(keys)
-        cols = (_m.c.vni, _m.c.address, _m.c.origin, _m.c.node_id)
-        queries: list[Any] = []
-        if node_ids:
-            queries.append(select(*cols).where(_m.c.node_id.in_(node_ids)))
-        if keys:
-            queries.append(select(*cols).where(tuple_(_m.c.vni, _m.c.address).in_(sorted(keys))))
         owned: dict[str, set[Key]] = {}
         present: dict[Key, tuple[str, str | None]] = {}
         wanted_ids = set(node_ids)
-        if not queries:
+        query: Any
+        if node_ids and keys:
+            query, params = _MEMBERS_OF_OR_AT, {"ids": node_ids, "keys": sorted(keys)}
+        elif node_ids:
+            query, params = _MEMBERS_OF, {"ids": node_ids}
+        elif keys:
+            query, params = _MEMBERS_AT, {"keys": sorted(keys)}
+        else:
             return owned, present
-        query: Any = queries[0] if len(queries) == 1 else union_all(*queries)
-        for vni, address, origin, node_id in self.conn.execute(query):
+        for vni, address, origin, node_id in self.conn.execute(query, params):
             if node_id is not None and node_id in wanted_ids:
                 owned.setdefault(node_id, set()).add((vni, address))
             if (vni, address) in keys:
@@ -367,15 +395,7 @@ class BatchWriter:
             return
         heir: dict[Key, str] = {}
         for chunk in chunks(sorted(keys)):
-            rows = self.conn.execute(
-                select(_nv.c.vni, _nv.c.local_address, _n.c.node_id)
-                .join(_n, _n.c.node_id == _nv.c.node_id)
-                .where(
-                    tuple_(_nv.c.vni, _nv.c.local_address).in_(chunk),
-                    _n.c.expires_at > self.now,
-                )
-                .order_by(_n.c.last_seen, _n.c.node_id)
-            )
+            rows = self.conn.execute(_HEIRS, {"keys": chunk, "now": self.now})
             for r in rows:  # the most recently seen claimant wins
                 heir[(r.vni, r.local_address)] = r.node_id
         self.many(
@@ -393,9 +413,7 @@ class BatchWriter:
         enrol: dict[Key, StaticVtep] = {}
         if batch.static_replace is not None:
             enrol = {(s.vni, s.address): s for s in batch.static_replace}
-            rows = self.conn.execute(
-                select(_m.c.vni, _m.c.address).where(_m.c.origin == t.ORIGIN_STATIC)
-            )
+            rows = self.conn.execute(_STATIC_MEMBERS)
             self.release({(r.vni, r.address) for r in rows} - enrol.keys())
         removals: set[Key] = set()
         for key, op in batch.static_ops.items():
@@ -441,12 +459,7 @@ class BatchWriter:
         existing: set[str] = set()
         owned: set[Key] = set()
         for chunk in chunks(sorted(node_ids)):  # the nodes that exist and what they own
-            rows = self.conn.execute(
-                select(_n.c.node_id, _m.c.vni, _m.c.address)
-                .select_from(_n.outerjoin(_m, _m.c.node_id == _n.c.node_id))
-                .where(_n.c.node_id.in_(chunk))
-            )
-            for r in rows:
+            for r in self.conn.execute(_NODES_AND_MEMBERS, {"ids": chunk}):
                 existing.add(r.node_id)
                 if r.vni is not None:
                     owned.add((r.vni, r.address))
@@ -454,10 +467,10 @@ class BatchWriter:
             return existing
         ordered = sorted(existing)
         for chunk in chunks(ordered):
-            self.conn.execute(delete(_nv).where(_nv.c.node_id.in_(chunk)))
+            self.conn.execute(_DELETE_CLAIMS_OF, {"ids": chunk})
         self.release(owned)
         for chunk in chunks(ordered):
-            self.conn.execute(delete(_n).where(_n.c.node_id.in_(chunk)))
+            self.conn.execute(_DELETE_NODES, {"ids": chunk})
         return existing
 
     def register(self, regs: Mapping[str, Registration]) -> None:
@@ -618,13 +631,10 @@ class BatchWriter:
         )
 
     def sweep(self) -> None:
-        rows = self.conn.execute(select(_n.c.node_id).where(_n.c.expires_at <= self.now))
+        rows = self.conn.execute(_EXPIRED_NODES, {"now": self.now})
         self.expired = self.remove_nodes({r.node_id for r in rows})
-        rows = self.conn.execute(  # static entries enrolled with a hold time
-            select(_m.c.vni, _m.c.address).where(
-                _m.c.expires_at.is_not(None), _m.c.expires_at <= self.now
-            )
-        )
+        # static entries enrolled with a hold time
+        rows = self.conn.execute(_EXPIRED_STATIC, {"now": self.now})
         self.release({(r.vni, r.address) for r in rows})
 
     # ---- generations
@@ -635,12 +645,7 @@ class BatchWriter:
             return {}
         generation: dict[int, int] = {}
         for chunk in chunks(sorted(changed)):  # bump and read back in one statement
-            rows = self.conn.execute(
-                update(_v)
-                .where(_v.c.vni.in_(chunk))
-                .values(generation=_v.c.generation + 1, updated_at=self.now)
-                .returning(_v.c.vni, _v.c.generation)
-            )
+            rows = self.conn.execute(_BUMP, {"vnis": chunk, "now": self.now})
             generation.update((r.vni, r.generation) for r in rows)
         result: dict[int, VniChange] = {}
         log: list[dict[str, Any]] = []
