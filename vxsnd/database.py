@@ -96,8 +96,10 @@ class _Sqlite(Database):
         self.sync_engine = create_engine(
             parsed,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
-            # one in-memory database must be one connection, used by one thread
-            **({"poolclass": StaticPool} if memory else {}),
+            # one in-memory database must be one connection, used by one thread; a file
+            # reuses the connection used last, whose page cache is warm (a write through
+            # one connection makes the others re-read what they cached)
+            **({"poolclass": StaticPool} if memory else {"pool_use_lifo": True}),
         )
         self.dialect = self.sync_engine.dialect.name
         event.listen(self.sync_engine, "connect", _sqlite_connect)
