@@ -445,6 +445,23 @@ class FloodNetlink:
                     entries.add(addr)
         return out
 
+    def _send_window(self, ch: Channel, window: Sequence[FloodOp]) -> int:
+        """Pack and send one window of requests; return the first sequence number."""
+        base = self._seq_block(len(window))
+        buf = bytearray()
+        for k, (add, ifindex, addr) in enumerate(window):
+            raw = addr.packed
+            packer = _FDB4 if len(raw) == 4 else _FDB6
+            buf += packer.pack(
+                packer.size, RTM_NEWNEIGH if add else RTM_DELNEIGH,
+                _ADD_FLAGS if add else _DEL_FLAGS, base + k, 0,
+                AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT, NTF_SELF, 0,
+                10, NDA_LLADDR, _ZERO_MAC,
+                4 + len(raw), NDA_DST, raw,
+            )  # fmt: skip
+        ch.send(bytes(buf))
+        return base
+
     async def write(self, ops: Sequence[FloodOp]) -> list[tuple[int, str]]:
         """Send ops, WINDOW requests per send; return (errno, text) per op, 0 = done.
 
@@ -460,28 +477,42 @@ class FloodNetlink:
         async with self._lock:
             for start in range(0, len(ops), WINDOW):
                 window = ops[start : start + WINDOW]
-                base = self._seq_block(len(window))
-                buf = bytearray()
-                for k, (add, ifindex, addr) in enumerate(window):
-                    raw = addr.packed
-                    packer = _FDB4 if len(raw) == 4 else _FDB6
-                    buf += packer.pack(
-                        packer.size, RTM_NEWNEIGH if add else RTM_DELNEIGH,
-                        _ADD_FLAGS if add else _DEL_FLAGS, base + k, 0,
-                        AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT, NTF_SELF, 0,
-                        10, NDA_LLADDR, _ZERO_MAC,
-                        4 + len(raw), NDA_DST, raw,
-                    )  # fmt: skip
-                ch.send(bytes(buf))
+                base = self._send_window(ch, window)
                 codes, texts = await self._collect_acks(ch, base, len(window))
-                for k, code in enumerate(codes):
-                    if code is None:
-                        out.append((errno.ETIMEDOUT, "no ACK from the kernel"))
-                    elif code == 0 or (code == errno.ENOENT and not window[k].add):
-                        out.append((0, ""))  # ENOENT on delete: already absent
-                    else:
-                        out.append((code, texts.get(k) or os.strerror(code)))
+                out += _outcomes(window, codes, texts, errno.ETIMEDOUT, "no ACK from the kernel")
         return out
+
+    def write_now(self, ops: Sequence[FloodOp]) -> list[tuple[int, str]] | None:
+        """write() without waiting, for the few requests of one membership change.
+
+        rtnetlink handles a request inside send() and queues its ACK before
+        send() returns, so the ACKs are read at once and nothing needs the event
+        loop: the caller can write from a datagram callback. Returns None, with
+        nothing sent, when the socket is busy (another request is waiting for its
+        answers: its reader would meet these ACKs) or the ops need more than one
+        window. A request whose ACK is not queued after send() (never seen on
+        rtnetlink) is reported as EINPROGRESS: its outcome is unknown, and the
+        late ACK is skipped by the next reader (its sequence number is old).
+        """
+        if self._lock.locked() or len(ops) > WINDOW:
+            return None
+        ch = self._channel()
+        self.interner.remember(op.address for op in ops)
+        base = self._send_window(ch, ops)
+        codes: list[int | None] = [None] * len(ops)
+        texts: dict[int, str] = {}
+        missing = len(ops)
+        while missing:
+            try:
+                buf = ch.recv_nowait()
+            except OSError as exc:  # ENOBUFS (the window prevents it): ACKs lost
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                break
+            if buf is None:
+                break
+            missing -= _take_acks(buf, base, codes, texts)
+        return _outcomes(ops, codes, texts, errno.EINPROGRESS, "no ACK queued after the request")
 
     async def _collect_acks(
         self, ch: Channel, base: int, count: int
@@ -497,7 +528,6 @@ class FloodNetlink:
         missing = count
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACK_TIMEOUT
-        ack = _ACK.unpack_from
         while missing:
             try:
                 buf = ch.recv_nowait()
@@ -516,19 +546,49 @@ class FloodNetlink:
                 except TimeoutError:
                     break
                 continue
-            pos, size = 0, len(buf)
-            while pos + _ACK.size <= size:
-                mlen, mtype, mflags, seq, err = ack(buf, pos)
-                if mlen < 16:
-                    break
-                k = seq - base
-                if mtype == NLMSG_ERROR and 0 <= k < count and codes[k] is None:
-                    codes[k] = -err
-                    missing -= 1
-                    if err:
-                        texts[k] = error_text(buf, mflags, pos + 16, pos + mlen)
-                pos += (mlen + 3) & ~3
+            missing -= _take_acks(buf, base, codes, texts)
         return codes, texts
+
+
+def _take_acks(buf: bytes, base: int, codes: list[int | None], texts: dict[int, str]) -> int:
+    """Record the ACKs in buf for sequence numbers base..base+len(codes)-1 (others,
+    of earlier requests, are skipped); return how many were new."""
+    count = len(codes)
+    found = 0
+    ack = _ACK.unpack_from
+    pos, size = 0, len(buf)
+    while pos + _ACK.size <= size:
+        mlen, mtype, mflags, seq, err = ack(buf, pos)
+        if mlen < 16:
+            break
+        k = seq - base
+        if mtype == NLMSG_ERROR and 0 <= k < count and codes[k] is None:
+            codes[k] = -err
+            found += 1
+            if err:
+                texts[k] = error_text(buf, mflags, pos + 16, pos + mlen)
+        pos += (mlen + 3) & ~3
+    return found
+
+
+def _outcomes(
+    ops: Sequence[FloodOp],
+    codes: list[int | None],
+    texts: dict[int, str],
+    missing: int,
+    missing_text: str,
+) -> list[tuple[int, str]]:
+    """(errno, text) per op from its ACK: 0 = done; ENOENT on a delete counts as
+    done (already absent); no ACK is `missing`."""
+    out: list[tuple[int, str]] = []
+    for k, code in enumerate(codes):
+        if code is None:
+            out.append((missing, missing_text))
+        elif code == 0 or (code == errno.ENOENT and not ops[k].add):
+            out.append((0, ""))
+        else:
+            out.append((code, texts.get(k) or os.strerror(code)))
+    return out
 
 
 # --- notifications ----------------------------------------------------------------

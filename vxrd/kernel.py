@@ -256,6 +256,21 @@ async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
     return ipr
 
 
+def _result(
+    ops: list[FloodOp], codes: list[tuple[int, str]], errors: list[ApplyError]
+) -> ApplyResult:
+    """Count the requests the kernel took; the others join `errors`."""
+    added = removed = 0
+    for op, (code, text) in zip(ops, codes, strict=True):
+        if code:
+            errors.append(ApplyError(op.ifindex, op.address, code, text))
+        elif op.add:
+            added += 1
+        else:
+            removed += 1
+    return ApplyResult(added=added, removed=removed, errors=errors)
+
+
 # --- the kernel layer -----------------------------------------------------------------
 
 
@@ -381,13 +396,35 @@ class Kernel:
         one when few, else with one dump. Per-entry failures are collected,
         never raised.
         """
-        errors: list[ApplyError] = []
         unknown = [i for i in changes if i not in self._vxlan]
         if len(unknown) > GET_LIMIT:
             await self.list_vxlan()
         else:
             for ifindex in unknown:
                 await self.get_vxlan(ifindex)
+        ops, errors = self._ops(changes)
+        return _result(ops, await self._nl.write(ops), errors)
+
+    def apply_now(self, changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
+        """apply() without waiting, for a membership change handled as it arrives.
+
+        Returns None, with nothing written, when that would need a wait: a
+        device not yet known to be VXLAN (apply() asks the kernel), or the
+        request socket busy with another request (floodnl.write_now). Raises
+        OSError when the socket fails (unknown how far it got).
+        """
+        vxlan = self._vxlan
+        for ifindex in changes:
+            if ifindex not in vxlan:
+                return None
+        ops, errors = self._ops(changes)
+        codes = self._nl.write_now(ops)
+        return None if codes is None else _result(ops, codes, errors)
+
+    def _ops(self, changes: Mapping[int, FloodDiff]) -> tuple[list[FloodOp], list[ApplyError]]:
+        """The requests for changes on known VXLAN devices (removes first), and an
+        error for every change on any other device."""
+        errors: list[ApplyError] = []
         vxlan = self._vxlan & set(changes)
         ops: list[FloodOp] = []
         for ifindex, diff in changes.items():
@@ -399,15 +436,7 @@ class Kernel:
         for ifindex, diff in changes.items():
             if ifindex in vxlan:
                 ops.extend(FloodOp(True, ifindex, a) for a in diff.add)
-        added = removed = 0
-        for op, (code, text) in zip(ops, await self._nl.write(ops), strict=True):
-            if code:
-                errors.append(ApplyError(op.ifindex, op.address, code, text))
-            elif op.add:
-                added += 1
-            else:
-                removed += 1
-        return ApplyResult(added=added, removed=removed, errors=errors)
+        return ops, errors
 
     # -- events ------------------------------------------------------------------------
 

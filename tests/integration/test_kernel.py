@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_root
+from vxrd import floodnl
 from vxrd import kernel as kernel_mod
 from vxrd.kernel import (
     Address,
@@ -220,6 +221,46 @@ async def test_apply_is_idempotent(lab: Lab, kern: Kernel) -> None:
     assert (result.removed, result.errors) == (2, [])
     assert await kern.flood_entries() == {i4: set(peers)}
     assert await kern.apply({}) == kernel_mod.ApplyResult()
+
+
+async def test_apply_now_writes_before_returning(lab: Lab, kern: Kernel) -> None:
+    """The synchronous write: rtnetlink answers inside send(), so apply_now()
+    returns with every ACK read; no await, the kernel already holds the entries."""
+    i4 = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    await kern.list_vxlan()  # known as VXLAN: nothing to ask the kernel
+    peers = frozenset({A("10.0.0.2"), A("10.0.0.3")})
+    result = kern.apply_now({i4: FloodDiff(add=peers)})
+    assert result is not None and (result.added, result.removed, result.errors) == (2, 0, [])
+    assert lab.flood() == {"vx4": set(peers)}
+    result = kern.apply_now(
+        {i4: FloodDiff(add=frozenset({A("10.0.0.4")}), remove=frozenset({A("10.0.0.2")}))}
+    )
+    assert result is not None and (result.added, result.removed, result.errors) == (1, 1, [])
+    assert await kern.flood_entries() == {i4: {A("10.0.0.3"), A("10.0.0.4")}}
+    # per-entry failures are reported as apply() reports them, the rest is written
+    result = kern.apply_now({i4: FloodDiff(add=frozenset({A("2001:db8::7"), A("10.0.0.5")}))})
+    assert result is not None and result.added == 1
+    assert [(e.ifindex, e.address) for e in result.errors] == [(i4, A("2001:db8::7"))]
+    assert result.errors[0].errno > 0 and result.errors[0].message
+    assert await kern.flood_entries() == {i4: {A("10.0.0.3"), A("10.0.0.4"), A("10.0.0.5")}}
+
+
+async def test_apply_now_declines_what_needs_a_wait(lab: Lab, kern: Kernel) -> None:
+    """None, and nothing written, where apply() would have to wait: a device not
+    yet known to be VXLAN, or the request socket busy with another request. A
+    later apply() does the job."""
+    i4 = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    change = {i4: FloodDiff(add=frozenset({A("10.0.0.2")}))}
+    assert kern.apply_now(change) is None  # never listed
+    await kern.list_vxlan()
+    async with kern._nl._lock:  # a dump or windowed write waiting for its answers
+        assert kern.apply_now(change) is None
+    assert lab.flood() == {}
+    assert kern.apply_now({i4: FloodDiff(add=addrs("10.1.0.0", floodnl.WINDOW + 1))}) is None
+    assert lab.flood() == {}
+    result = await kern.apply(change)
+    assert (result.added, result.errors) == (1, [])
+    assert kern.apply_now(change) is not None
 
 
 async def test_flood_entries_of_one_device(lab: Lab, kern: Kernel) -> None:
