@@ -609,42 +609,56 @@ class FloodWatch:
         """A running changes() iterator ends."""
         self._ch.close()
 
-    async def changes(self) -> AsyncIterator[list[FloodChange | Lost]]:
-        """Batches of flood destinations that appeared or went away, in kernel order.
+    def read_now(self) -> list[FloodChange | Lost]:
+        """The flood destinations that appeared or went away in every notification
+        queued now (up to EVENT_BATCH datagrams), in kernel order; [] when none.
 
-        Everything already queued (up to EVENT_BATCH datagrams) is read at once,
-        and repeats of one (device, destination) collapse into the last. On
-        ENOBUFS notifications were lost: what came before is moot (the reader
-        must dump everything), so the batch restarts with a Lost and reading
-        goes on.
+        Repeats of one (device, destination) collapse into the last. On ENOBUFS
+        notifications were lost: what came before is moot (the reader must dump
+        everything), so the batch restarts with a Lost and reading goes on.
         """
         ch = self._ch
-        intern = self.interner.get
-        while not ch.closed:
-            lost: Lost | None = None
-            last: dict[tuple[int, bytes], bool] = {}
-            for _ in range(EVENT_BATCH):
-                try:
-                    buf = ch.recv_nowait()
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    lost = Lost("netlink neighbour notifications lost (ENOBUFS)")
+        if ch.closed:
+            return []
+        lost: Lost | None = None
+        last: dict[tuple[int, bytes], bool] = {}
+        for _ in range(EVENT_BATCH):
+            try:
+                buf = ch.recv_nowait()
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = Lost("netlink neighbour notifications lost (ENOBUFS)")
+                last.clear()
+                continue
+            if buf is None:
+                break
+            for mtype, ifindex, raw in flood_messages(buf):
+                if mtype == NLMSG_OVERRUN:
+                    lost = Lost("netlink overrun")
                     last.clear()
-                    continue
-                if buf is None:
-                    break
-                for mtype, ifindex, raw in flood_messages(buf):
-                    if mtype == NLMSG_OVERRUN:
-                        lost = Lost("netlink overrun")
-                        last.clear()
-                    else:
-                        last[ifindex, raw] = mtype == RTM_NEWNEIGH
-            batch: list[FloodChange | Lost] = [] if lost is None else [lost]
-            for (ifindex, raw), present in last.items():
-                addr = intern(raw)
-                if addr is not None:
-                    batch.append(FloodChange(ifindex, addr, present))
+                else:
+                    last[ifindex, raw] = mtype == RTM_NEWNEIGH
+        batch: list[FloodChange | Lost] = [] if lost is None else [lost]
+        intern = self.interner.get
+        for (ifindex, raw), present in last.items():
+            addr = intern(raw)
+            if addr is not None:
+                batch.append(FloodChange(ifindex, addr, present))
+        return batch
+
+    async def changes(self) -> AsyncIterator[list[FloodChange | Lost]]:
+        """Batches of read_now(), waiting for the socket in between.
+
+        Between batches the iterator only waits for the socket; it holds no
+        datagram it has read. So read_now() may also be called directly (a
+        writer collecting the echo of its own write at once) and kernel order
+        is kept, as long as the consumer handles each batch before asking for
+        the next.
+        """
+        ch = self._ch
+        while not ch.closed:
+            batch = self.read_now()
             if batch:
                 yield batch
             else:

@@ -18,7 +18,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Container, Mapping
+from collections.abc import AsyncIterator, Callable, Container, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -39,6 +39,7 @@ __all__ = [
     "ApplyError",
     "ApplyResult",
     "FdbChanged",
+    "FdbListener",
     "FloodChange",
     "FloodDiff",
     "Kernel",
@@ -141,6 +142,7 @@ class Resync:
 
 
 KernelEvent = LinkChanged | LinkRemoved | FdbChanged | Resync
+FdbListener = Callable[[FdbChanged | Resync], None]
 
 
 # --- link messages ----------------------------------------------------------------
@@ -290,6 +292,7 @@ class Kernel:
         self._queue: asyncio.Queue[KernelEvent | BaseException | None] = asyncio.Queue()
         self._watcher: asyncio.Task[None] | None = None
         self._vxlan: set[int] = set()
+        self._on_fdb: FdbListener | None = None  # events()' flood-entry listener
 
     async def open(self) -> None:
         """Create the sockets; the notification sockets are bound here, before any dump."""
@@ -438,9 +441,29 @@ class Kernel:
                 ops.extend(FloodOp(True, ifindex, a) for a in diff.add)
         return ops, errors
 
+    def read_fdb(self) -> None:
+        """Hand the flood-entry notifications queued now to the events() listener
+        at once, in kernel order, instead of at the watcher's next wake-up.
+
+        A writer calls it right after a synchronous write: the echo of the write
+        is queued by then, and reading it here costs no second wake-up of the
+        process. Without a listener (events() not running or run without one)
+        it does nothing. Never raises: a socket error is left for the watcher,
+        which hits it on its next read and ends events() with it.
+        """
+        fdb, listener = self._fdb, self._on_fdb
+        if fdb is None or listener is None:
+            return
+        try:
+            batch = fdb.read_now()
+        except OSError:
+            return
+        if batch:
+            self._deliver(batch, listener)
+
     # -- events ------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[KernelEvent]:
+    async def events(self, on_fdb: FdbListener | None = None) -> AsyncIterator[KernelEvent]:
         """Link and flood-entry changes until close() (one reader at a time).
 
         Link events come from pyroute2, flood-entry events from floodnl, each in
@@ -449,9 +472,16 @@ class Kernel:
         flood-entry changes come as one FdbChanged per batch floodnl read (each
         entry once, in its last state). When notifications were lost (ENOBUFS),
         Resync is yielded and the stream carries on.
+
+        With `on_fdb`, flood-entry events (FdbChanged, and Resync when
+        neighbour notifications were lost) are not yielded but passed to it as
+        soon as they are read, synchronously, by the watcher or by read_fdb():
+        no hop through the stream, and a writer can collect the echo of its own
+        write without a wake-up. on_fdb must not block.
         """
         if self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
+        self._on_fdb = on_fdb
         fdb = asyncio.create_task(self._watch_fdb(self._fdb))
         try:
             while True:
@@ -472,22 +502,36 @@ class Kernel:
                         last[item.ifindex] = item
                     yield item
         finally:
+            self._on_fdb = None
             fdb.cancel()
             await asyncio.gather(fdb, return_exceptions=True)
 
+    def _deliver(
+        self, batch: list[FloodChange | floodnl.Lost], listener: FdbListener | None
+    ) -> None:
+        """One batch read from the notification socket: to the listener, or into
+        the stream as FdbChanged (and Resync for a loss)."""
+        changes: list[FloodChange] = []
+        for item in batch:
+            if isinstance(item, floodnl.Lost):
+                if listener is None:
+                    self._queue.put_nowait(Resync(item.reason))
+                else:
+                    listener(Resync(item.reason))
+            else:
+                changes.append(item)
+        if changes:
+            if listener is None:
+                self._queue.put_nowait(FdbChanged(tuple(changes)))
+            else:
+                listener(FdbChanged(tuple(changes)))
+
     async def _watch_fdb(self, watch: floodnl.FloodWatch) -> None:
-        """While events() runs: flood-entry notifications from floodnl into the queue,
-        one FdbChanged per batch read."""
+        """While events() runs: flood-entry notifications from floodnl to the
+        listener or into the queue, one FdbChanged per batch read."""
         try:
             async for batch in watch.changes():
-                changes: list[FloodChange] = []
-                for item in batch:
-                    if isinstance(item, floodnl.Lost):
-                        self._queue.put_nowait(Resync(item.reason))
-                    else:
-                        changes.append(item)
-                if changes:
-                    self._queue.put_nowait(FdbChanged(tuple(changes)))
+                self._deliver(batch, self._on_fdb)
         except Exception as exc:  # handed to the reader of events(), unless closing
             if self._ipr is not None:
                 self._queue.put_nowait(exc)

@@ -481,6 +481,67 @@ async def test_events_keep_a_mirror_equal_to_the_kernel(lab: Lab, kern: Kernel) 
         await rec.stop()
 
 
+async def test_fdb_listener_gets_changes_and_the_echo_of_a_write_at_once(
+    lab: Lab, kern: Kernel
+) -> None:
+    """events(on_fdb): flood-entry events go to the listener, not the stream; the
+    echo of a synchronous write is handed over by read_fdb() before the caller
+    yields to the loop, and the watcher then finds nothing left to report."""
+    idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    await kern.list_vxlan()
+    heard: list[FdbChanged | Resync] = []
+    seen: list[KernelEvent] = []
+
+    async def run() -> None:
+        async for event in kern.events(heard.append):
+            seen.append(event)
+
+    task = asyncio.create_task(run())
+    try:
+        await asyncio.sleep(0.05)  # the watcher is waiting for notifications
+        lab.run("bridge", "fdb", "append", ZERO, "dev", "vx4", "dst", "10.0.0.7")
+        await eventually(lambda: bool(heard))  # found by the watcher
+        assert heard == [FdbChanged((FloodChange(idx, A("10.0.0.7"), True),))]
+        heard.clear()
+        result = kern.apply_now({idx: FloodDiff(add=frozenset({A("10.0.0.8")}))})
+        assert result is not None and result.added == 1
+        kern.read_fdb()  # no await since the write
+        assert heard == [FdbChanged((FloodChange(idx, A("10.0.0.8"), True),))]
+        await asyncio.sleep(0.05)
+        assert len(heard) == 1  # read once, not again by the watcher
+        marker = lab.vxlan("vxm", "id", "7", "local", "10.0.0.1", "dstport", "4790")
+        await eventually(lambda: any(getattr(e, "ifindex", None) == marker for e in seen))
+        assert not any(isinstance(e, FdbChanged) for e in seen)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    kern.read_fdb()  # no listener any more: nothing happens
+    assert len(heard) == 1
+
+
+async def test_fdb_listener_hears_of_lost_notifications(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel_mod, "EVENT_RCVBUF", 4096)
+    idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
+    async with Kernel(lab.name) as kern:
+        await kern.apply({idx: FloodDiff(add=addrs("11.0.0.0", 2000))})
+        heard: list[FdbChanged | Resync] = []
+
+        async def run() -> None:
+            async for _event in kern.events(heard.append):
+                pass
+
+        task = asyncio.create_task(run())
+        try:
+            await eventually(lambda: any(isinstance(e, Resync) for e in heard))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_bulk_writes_arrive_in_few_batches(lab: Lab, kern: Kernel) -> None:
     idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789")
     peers = addrs("11.0.0.0", 5000)
