@@ -2,8 +2,14 @@
 
 One asyncio loop runs: the kernel event stream, the reconciler (woken by
 membership changes at once, by fdb events after a few ms, by a timer), the
-register refresh timer, one client task per server, the status API and the
-optional metrics endpoint.
+register refresh timer, the server sockets, the status API and the optional
+metrics endpoint.
+
+A membership change is the hot path: it is normally reconciled, written and
+acked inside the callback that received the datagram (`_reconcile_at_once`),
+one wake-up of the process per push; the reconciler task takes over whenever
+that cannot run without waiting (a reconcile in progress, the kernel to be
+read first, a failed write). Both run the same plan (`_plan`).
 
 The reconciler compares what the servers want with a mirror of the kernel's
 flood lists (vxrd.mirror), not with a fresh dump: the mirror follows fdb
@@ -26,7 +32,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schema.keys import Keyring
@@ -35,6 +41,7 @@ from schema.wire import Codec
 from vxrd.client import Outcome, ServerClient, ServerState, union_members
 from vxrd.config import Config
 from vxrd.kernel import (
+    ApplyResult,
     FdbChanged,
     FloodDiff,
     Kernel,
@@ -91,6 +98,17 @@ def classify(dev: VxlanDevice, config: Config) -> DeviceView:
     if local is None:
         return DeviceView(dev, "no local address (set --local to manage it)", None)
     return DeviceView(dev, MANAGED if dev.up else DOWN, local)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One reconcile's decision (Agent._plan): the writes per device, the flood
+    lists decided on for the managed devices, and how many of the writes undo
+    changes made outside vxrd."""
+
+    diffs: dict[int, FloodDiff] = field(default_factory=dict)
+    programmed: dict[int, frozenset[Address]] = field(default_factory=dict)
+    repairs: int = 0
 
 
 class Agent:
@@ -302,7 +320,7 @@ class Agent:
         """Follow kernel events; if the stream itself fails, rescan and follow again."""
         while True:
             try:
-                async for ev in self.kernel.events():
+                async for ev in self.kernel.events(self._fdb_event):
                     await self._event(ev)
                 return  # the kernel was closed
             except OSError as exc:
@@ -313,7 +331,7 @@ class Agent:
 
     async def _event(self, ev: KernelEvent) -> None:
         try:
-            if isinstance(ev, FdbChanged):
+            if isinstance(ev, FdbChanged):  # not sent here while _fdb_event listens
                 self._fdb_changed(ev)
             elif isinstance(ev, LinkChanged):
                 dev = ev.device
@@ -334,6 +352,18 @@ class Agent:
         except OSError as exc:
             log.warning("handling %s failed: %s; full rescan", ev, exc)
             await self.rescan()
+
+    def _fdb_event(self, ev: FdbChanged | Resync) -> None:
+        """Flood-entry events, handed over by the kernel layer as soon as they are
+        read. Lost neighbour notifications only make the mirror untrustworthy:
+        the next reconcile, asked for at once, reads every flood list again
+        (links are followed on their own socket, with their own Resync)."""
+        if isinstance(ev, Resync):
+            log.warning("flood entry events lost (%s): reading the kernel again", ev.reason)
+            self.mirror.invalidate()
+            self.kick(0.0)
+        else:
+            self._fdb_changed(ev)
 
     def _fdb_changed(self, ev: FdbChanged) -> None:
         """Follow flood-entry events in the mirror. A change vxrd did not know of
@@ -369,7 +399,13 @@ class Agent:
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        self.kick(0.0)
+        try:
+            done = self._reconcile_at_once()
+        except Exception:  # a bug there must not keep the change from the kernel
+            log.exception("reconciling at once failed; the reconciler takes over")
+            done = False
+        if not done:
+            self.kick(0.0)
 
     @property
     def _hold(self) -> int:
@@ -408,42 +444,101 @@ class Agent:
             if self._leaving:
                 return
             acks, self._pending_acks = self._pending_acks, {}
-            states = [c.state for c in self.clients]
             await self._read_kernel()
-            diffs: dict[int, FloodDiff] = {}
-            repairs = 0
-            for ifindex, view in self.devices.items():
-                if view.status != MANAGED or view.dev.vni is None:
-                    continue
-                desired = self._desired(ifindex, view, states)
-                if desired is None:
-                    continue  # no server answered yet: adopt what the kernel holds
-                diff = reconcile(desired, self.mirror.get(ifindex))
-                before = self.programmed.get(ifindex)
-                if before is not None:
-                    repairs += len(diff.add & before) + len(diff.remove - before)
-                self.programmed[ifindex] = desired
-                if not diff.empty:
-                    diffs[ifindex] = diff
-            self.metrics.reconcile_runs.inc()
-            self.last_reconcile = time.time()
-            if repairs:
-                self.metrics.reconcile_repairs.inc(repairs)
-                log.info("repaired %d flood entries changed outside vxrd", repairs)
-            if diffs:
-                await self._apply(diffs)
+            plan = self._plan()
+            self._commit(plan)
+            if plan.diffs:
+                await self._apply(plan.diffs)
             self._reconcile_end = time.monotonic()
+        self._send_acks(acks)
+
+    def _reconcile_at_once(self) -> bool:
+        """reconcile_now() without waiting, run inside the datagram callback that
+        brought a membership change: no task switch, no lock wait, one wake-up
+        of the process per push. Returns False (the caller kicks the reconciler)
+        when it cannot run so: a reconcile or leave holds the lock, the mirror
+        must be read first (never read, events lost, a device stale), or the
+        kernel cannot write without waiting (kernel.apply_now). The plan is the
+        same as reconcile_now's (_plan); only the scheduling differs.
+
+        When a write fails (or its outcome is unknown), the acks wait: the
+        devices are marked stale and the reconciler reads them again, writes
+        and acks. Right after a write, the echo of it that the kernel queued
+        is read (kernel.read_fdb), so it does not wake the process again.
+        """
+        if self._leaving or self._lock.locked() or not self.mirror.complete:
+            return False
+        if self._stale_managed():
+            return False
+        plan = self._plan()
+        result: ApplyResult | None = None
+        if plan.diffs:
+            t0 = time.perf_counter()
+            try:
+                result = self.kernel.apply_now(plan.diffs)
+            except OSError as exc:
+                log.warning("flood entry write failed: %s (retrying)", exc)
+                for ifindex in plan.diffs:  # unknown how far it got
+                    self.mirror.mark_stale(ifindex)
+                return False
+            if result is None:
+                return False  # nothing written: the reconciler plans again
+        self._commit(plan)
+        if result is not None:
+            self._record(plan.diffs, result, t0)
+            self.kernel.read_fdb()
+            if result.errors:
+                return False
+        self._reconcile_end = time.monotonic()
+        acks, self._pending_acks = self._pending_acks, {}
+        self._send_acks(acks)
+        return True
+
+    def _plan(self) -> _Plan:
+        """What to write so every managed device holds the union of what the
+        servers said, from the mirror (no I/O, no change to the agent: _commit)."""
+        states = [c.state for c in self.clients]
+        plan = _Plan()
+        for ifindex, view in self.devices.items():
+            if view.status != MANAGED or view.dev.vni is None:
+                continue
+            desired = self._desired(ifindex, view, states)
+            if desired is None:
+                continue  # no server answered yet: adopt what the kernel holds
+            diff = reconcile(desired, self.mirror.get(ifindex))
+            before = self.programmed.get(ifindex)
+            if before is not None:
+                plan.repairs += len(diff.add & before) + len(diff.remove - before)
+            plan.programmed[ifindex] = desired
+            if not diff.empty:
+                plan.diffs[ifindex] = diff
+        return plan
+
+    def _commit(self, plan: _Plan) -> None:
+        """The plan is being carried out: remember what was decided, count it."""
+        self.programmed.update(plan.programmed)
+        self.metrics.reconcile_runs.inc()
+        self.last_reconcile = time.time()
+        if plan.repairs:
+            self.metrics.reconcile_repairs.inc(plan.repairs)
+            log.info("repaired %d flood entries changed outside vxrd", plan.repairs)
+
+    def _send_acks(self, acks: dict[int, dict[int, int]]) -> None:
         for idx, applied in acks.items():
             self.clients[idx].send_ack(sorted(applied.items()))
 
-    async def _read_kernel(self) -> None:
-        """Bring the mirror up to date where it cannot be trusted: everything after
-        start, lost events or the timer; else the managed devices marked stale."""
-        stale = [
+    def _stale_managed(self) -> list[int]:
+        """Managed devices whose mirror must be read before it is trusted."""
+        return [
             i
             for i in self.mirror.stale()
             if (view := self.devices.get(i)) is not None and view.status == MANAGED
         ]
+
+    async def _read_kernel(self) -> None:
+        """Bring the mirror up to date where it cannot be trusted: everything after
+        start, lost events or the timer; else the managed devices marked stale."""
+        stale = self._stale_managed()
         full = not self.mirror.complete or len(stale) > STALE_LIMIT
         for ifindex in [None] if full else stale:
             self.mirror.begin_read()  # events read during the dump go on top of it
@@ -485,6 +580,11 @@ class Agent:
             for ifindex in diffs:  # unknown how far it got
                 self.mirror.mark_stale(ifindex)
             raise
+        self._record(diffs, result, t0)
+
+    def _record(self, diffs: dict[int, FloodDiff], result: ApplyResult, t0: float) -> None:
+        """A write's outcome: into the mirror (a device with a failed entry turns
+        stale), the metrics and the log."""
         self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         self.metrics.fdb_adds.inc(result.added)

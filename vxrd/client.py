@@ -3,15 +3,17 @@
 `ServerState` is the protocol core for one server, with no I/O: it is fed decoded
 memberships and returns which VNIs changed and which acks to send; the agent
 reconciles the kernel and then sends those acks. `ServerClient` is the thin
-asyncio UDP endpoint around it: `datagram_received` only queues (bounded, drop
-and count when full); one task checks the source, decodes, verifies the tag,
-runs the replay guard and feeds the state.
+asyncio UDP endpoint around it: each datagram is handled in the transport's
+`datagram_received` callback itself (check the source, decode, verify the tag,
+run the replay guard, feed the state, tell the agent), with no queue and no
+task in between: all of that is synchronous, so a queue bought nothing but a
+task switch per datagram. asyncio reads one datagram per socket per loop turn,
+so a flood of datagrams still lets the rest of the agent run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import logging
@@ -40,7 +42,6 @@ log = logging.getLogger("vxrd.client")
 
 ASSEMBLY_TIMEOUT = 10.0  # seconds a partial snapshot/delta waits for its other parts
 MAX_ASSEMBLIES = 1024
-QUEUE_SIZE = 4096
 
 
 @dataclass(slots=True)
@@ -200,10 +201,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        try:
-            self.owner.queue.put_nowait((data, str(addr[0])))
-        except asyncio.QueueFull:
-            self.owner.count_drop("queue-full")
+        self.owner.receive(data, str(addr[0]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("server %s: socket error %s", self.owner.server, exc)
@@ -232,7 +230,6 @@ class ServerClient:
         self.budget = budget
         self.on_drop = on_drop
         self.wants = wants  # VNIs this node has a device for; others are "not-for-us"
-        self.queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue(QUEUE_SIZE)
         self.drops: Counter[str] = Counter()
         self.last_contact: float | None = None  # wall-clock time of the last valid datagram
         self.round = 0
@@ -243,7 +240,6 @@ class ServerClient:
         self._address: tuple[str, int] | None = None  # resolved (ip, port)
         self._source = ""  # the server's ip, normalised (_norm): what replies come from
         self._transport: asyncio.DatagramTransport | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -298,7 +294,6 @@ class ServerClient:
         return (ip, self.server.port)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._consume(), name=f"vxrd-client-{self.name}")
         await self._ensure_socket()
 
     async def _ensure_socket(self) -> bool:
@@ -318,11 +313,6 @@ class ServerClient:
         return True
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -382,15 +372,16 @@ class ServerClient:
         self.send_ack(out.reacks)
         return out
 
-    async def _consume(self) -> None:
-        while True:
-            data, source = await self.queue.get()
-            try:
-                out = self.feed(data, source, time.time(), time.monotonic())
-                if out is not None and (out.changed or out.reset):
-                    self.on_change(self, out)
-            except Exception:  # never let one datagram stop the client
-                log.exception("server %s: error handling datagram", self.name)
+    def receive(self, data: bytes, source: str) -> None:
+        """Handle one datagram as it arrives: feed it, and tell the agent of a
+        change (which may reconcile the kernel and ack right here). Never raises:
+        one bad datagram must not stop the client."""
+        try:
+            out = self.feed(data, source, time.time(), time.monotonic())
+            if out is not None and (out.changed or out.reset):
+                self.on_change(self, out)
+        except Exception:
+            log.exception("server %s: error handling datagram", self.name)
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,7 @@ from tests.conftest import require_root
 from vxrd.agent import Agent
 from vxrd.cli import serve
 from vxrd.config import Config, ServerAddr
-from vxrd.kernel import Address, Kernel
+from vxrd.kernel import Address, ApplyError, ApplyResult, FdbChanged, FloodDiff, Kernel
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO = "00:00:00:00:00:00"
@@ -409,6 +410,152 @@ async def test_mirror_follows_hand_changes_and_repairs_without_dumps(
             agent_.stop.set()
             await asyncio.wait_for(task, 5.0)
             await agent_.close()
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    ns: str, srv: FakeServer, tmp_path: Path, kern: Kernel | None = None
+) -> AsyncIterator[Agent]:
+    """An Agent run in-process (open, run) for tests that reach into it."""
+    config = Config(
+        servers=(ServerAddr("127.0.0.1", srv.port),),
+        node_id="node-a",
+        status_socket=tmp_path / "vxrd.sock",
+    )
+    agent_ = Agent(config, kern or Kernel(netns=ns))
+    await agent_.open()
+    task = asyncio.create_task(agent_.run())
+    try:
+        yield agent_
+    finally:
+        agent_.stop.set()
+        await asyncio.wait_for(task, 5.0)
+        await agent_.close()
+
+
+def count_reconciles(agent_: Agent) -> list[None]:
+    """Calls of the reconciler's reconcile_now() from now on (one None per call)."""
+    calls: list[None] = []
+    inner = agent_.reconcile_now
+
+    async def counted() -> None:
+        calls.append(None)
+        await inner()
+
+    agent_.reconcile_now = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def settled(agent_: Agent, srv: FakeServer, ns: str) -> int:
+    """Register, answer with a snapshot, wait for it in the kernel and the ack;
+    return the device's ifindex."""
+    await srv.wait_register(serves(100))
+    srv.send(srv.membership(100, 1, ("10.77.0.2", "10.77.0.3")))
+    await has_flood(ns, "vx100", {"10.77.0.2", "10.77.0.3"})
+    await srv.wait_ack(100, 1)
+    await until(lambda: _true(not agent_._lock.locked()), what="the reconciler idle")
+    (idx,) = agent_.devices
+    return idx
+
+
+async def test_membership_change_is_written_and_acked_in_the_datagram_callback(
+    ns: str, tmp_path: Path
+) -> None:
+    """The hot path: a delta is decoded, written to the kernel and acked inside
+    the callback that received it, without the reconciler task; the echo of
+    the write is read there too."""
+    local_vxlan(ns, "vx100", 100)
+    async with fake_server() as srv, running_agent(ns, srv, tmp_path) as agent_:
+        idx = await settled(agent_, srv, ns)
+        calls = count_reconciles(agent_)
+        heard: list[FdbChanged] = []
+        inner = agent_._fdb_changed
+
+        def fdb_changed(ev: FdbChanged) -> None:
+            heard.append(ev)
+            inner(ev)
+
+        agent_._fdb_changed = fdb_changed  # type: ignore[method-assign]
+        (client,) = agent_.clients
+        client.receive(srv.membership(100, 2, ("10.77.0.4",), ("10.77.0.2",), base=1), "127.0.0.1")
+        # no await since: written, recorded, echo read, ack sent
+        assert agent_._pending_acks == {}
+        assert {str(a) for a in agent_.mirror.get(idx)} == {"10.77.0.3", "10.77.0.4"}
+        assert {(str(c.address), c.present) for ev in heard for c in ev.changes} == {
+            ("10.77.0.2", False),
+            ("10.77.0.4", True),
+        }
+        assert await flood(ns, "vx100") == {"10.77.0.3", "10.77.0.4"}
+        await srv.wait_ack(100, 2)
+
+        # the same over the socket
+        srv.send(srv.membership(100, 3, ("10.77.0.5",), base=2))
+        await srv.wait_ack(100, 3)
+        assert await flood(ns, "vx100") == {"10.77.0.3", "10.77.0.4", "10.77.0.5"}
+        assert calls == []
+
+
+async def test_membership_change_falls_back_to_the_reconciler(ns: str, tmp_path: Path) -> None:
+    """Whenever the change cannot be written at once, the reconciler task does it
+    and acks: a reconcile in progress, the request socket busy, the mirror not
+    trusted, a write that failed (the device is read again first)."""
+    local_vxlan(ns, "vx100", 100)
+    kern = CountingKernel(ns)
+    async with fake_server() as srv, running_agent(ns, srv, tmp_path, kern) as agent_:
+        idx = await settled(agent_, srv, ns)
+        calls = count_reconciles(agent_)
+        (client,) = agent_.clients
+        want = {"10.77.0.2", "10.77.0.3"}
+        gen = 1
+
+        def push(peer: str) -> None:
+            nonlocal gen
+            gen += 1
+            want.add(peer)
+            client.receive(srv.membership(100, gen, (peer,), base=gen - 1), "127.0.0.1")
+
+        async with agent_._lock:  # a reconcile (or leave) in progress
+            push("10.77.0.4")
+            assert agent_._pending_acks == {0: {100: gen}}
+            await asyncio.sleep(0.05)
+            assert await flood(ns, "vx100") == want - {"10.77.0.4"}
+        await srv.wait_ack(100, gen)
+        assert await flood(ns, "vx100") == want and len(calls) == 1
+
+        async with kern._nl._lock:  # the request socket is waiting for a dump
+            push("10.77.0.5")
+            assert agent_._pending_acks == {0: {100: gen}}
+        await srv.wait_ack(100, gen)
+        assert await flood(ns, "vx100") == want and len(calls) == 2
+
+        agent_.mirror.invalidate()  # events lost, or the timer: read everything first
+        push("10.77.0.6")
+        assert agent_._pending_acks == {0: {100: gen}}
+        await srv.wait_ack(100, gen)
+        assert await flood(ns, "vx100") == want and len(calls) == 3
+        assert kern.dumps == [None, None]
+
+        real = kern.apply_now
+
+        def failing(changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
+            kern.apply_now = real  # type: ignore[method-assign]
+            errors = [
+                ApplyError(i, a, errno.EIO, "injected") for i, d in changes.items() for a in d.add
+            ]
+            return ApplyResult(errors=errors)
+
+        kern.apply_now = failing  # type: ignore[method-assign]
+        push("10.77.0.7")  # nothing written, and not acked
+        assert agent_._pending_acks == {0: {100: gen}} and idx in agent_.mirror.stale()
+        await srv.wait_ack(100, gen)
+        assert await flood(ns, "vx100") == want and len(calls) == 4
+        assert kern.dumps == [None, None, idx]  # the failed device read again
+        assert agent_.metrics.registry.get_sample_value("vxrd_fdb_errors_total") == 1
+
+        push("10.77.0.8")  # and the fast path is back
+        assert agent_._pending_acks == {}
+        await srv.wait_ack(100, gen)
+        assert await flood(ns, "vx100") == want and len(calls) == 4
 
 
 async def test_adopts_kernel_entries_until_a_server_answers(ns: str, tmp_path: Path) -> None:
