@@ -125,6 +125,7 @@ class Agent:
         self.codec = Codec(keyring)
         self.started = time.time()
         self.devices: dict[int, DeviceView] = {}
+        self._eligible_vnis: frozenset[int] | None = None  # of self.devices; None: recompute
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
         self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
         self.mirror = FloodMirror()  # the kernel's flood lists, between dumps
@@ -198,7 +199,14 @@ class Agent:
         await self.kernel.close()
 
     def _wants(self, vni: int) -> bool:
-        return any(v.eligible and v.dev.vni == vni for v in self.devices.values())
+        """Whether a device of this VNI is ours: asked for every membership received,
+        so answered from a set kept between device changes, not a walk of them all."""
+        vnis = self._eligible_vnis
+        if vnis is None:
+            vnis = self._eligible_vnis = frozenset(
+                v.dev.vni for v in self.devices.values() if v.eligible and v.dev.vni is not None
+            )
+        return vni in vnis
 
     def _count_drop(self, reason: str) -> None:
         self.metrics.drops.labels(reason).inc()
@@ -268,10 +276,12 @@ class Agent:
             self.mirror.mark_stale(dev.ifindex)
         view = classify(dev, self.config)
         self.devices[dev.ifindex] = view
+        self._eligible_vnis = None
         self._note(view)
 
     def _drop_device(self, ifindex: int) -> None:
         view = self.devices.pop(ifindex, None)
+        self._eligible_vnis = None
         self.programmed.pop(ifindex, None)
         self.mirror.forget(ifindex)
         self._desired_cache.pop(ifindex, None)
@@ -587,8 +597,10 @@ class Agent:
         stale), the metrics and the log."""
         self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
-        self.metrics.fdb_adds.inc(result.added)
-        self.metrics.fdb_removes.inc(result.removed)
+        if result.added:  # a metric update takes a lock: none for nothing
+            self.metrics.fdb_adds.inc(result.added)
+        if result.removed:
+            self.metrics.fdb_removes.inc(result.removed)
         if result.errors:
             self.metrics.fdb_errors.inc(len(result.errors))
             first = result.errors[0]
