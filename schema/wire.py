@@ -203,18 +203,35 @@ def _vni(value: object) -> int:
         raise Rejected("invalid", str(exc)) from None
 
 
+# Valid VTEP addresses decoded so far, by packed bytes. The same peers come back in
+# every push and refresh, and building and validating an ipaddress object costs
+# more than the rest of a delta's decoding; the cache also hands out one object
+# per address, which set operations downstream compare by identity first.
+_ADDR_CACHE: dict[bytes, Address] = {}
+ADDR_CACHE_MAX = 1 << 16  # addresses; cleared when full
+
+
 def _addr(value: object) -> Address:
     if not isinstance(value, bytes):
         raise Rejected("invalid", "address must be packed bytes")
+    hit = _ADDR_CACHE.get(value)
+    if hit is not None:
+        return hit
     try:
-        return vtep_from_packed(value)
+        addr = vtep_from_packed(value)
     except InvalidValue as exc:
         raise Rejected("invalid", str(exc)) from None
+    if len(_ADDR_CACHE) >= ADDR_CACHE_MAX:
+        _ADDR_CACHE.clear()
+    _ADDR_CACHE[value] = addr
+    return addr
 
 
 def _addresses(values: list[Any]) -> tuple[Address, ...]:
-    out = tuple(_addr(v) for v in values)
-    if len(set(out)) != len(out):
+    out = tuple(map(_addr, values))
+    # on the packed bytes (all bytes by now): one address has one packing, and
+    # hashing bytes is C code where an ipaddress hash is Python code
+    if len(set(values)) != len(values):
         raise Rejected("invalid", "duplicate address in list")
     return out
 
@@ -255,13 +272,14 @@ def _from_body(mtype: int, raw: object) -> Message:
         part, parts = _parts(b)
         base = b.uint("b") if "b" in b.raw else None
         gen = b.uint("g")
-        add = _addresses(b.items("a"))
-        remove = _addresses(b.items("d"))
+        raw_add, raw_remove = b.items("a"), b.items("d")
+        add = _addresses(raw_add)
+        remove = _addresses(raw_remove)
         if base is None and remove:
             raise Rejected("invalid", "a snapshot carries no removals")
         if base is not None and base >= gen:
             raise Rejected("invalid", f"delta base {base} not below generation {gen}")
-        if set(add) & set(remove):
+        if raw_remove and not set(raw_add).isdisjoint(raw_remove):  # packed, as above
             raise Rejected("invalid", "address both added and removed")
         return Membership(
             env,
