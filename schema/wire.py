@@ -164,6 +164,9 @@ def _to_body(msg: Message) -> dict[str, Any]:
     return body
 
 
+_MISSING = object()
+
+
 class _Body:
     """Typed access to a decoded msgpack map; every failure is a Rejected("invalid")."""
 
@@ -172,28 +175,36 @@ class _Body:
             raise Rejected("malformed", "body is not a map")
         self.raw: dict[Any, Any] = raw
 
-    def _get(self, key: str) -> object:
-        if key not in self.raw:
-            raise Rejected("invalid", f"missing field {key!r}")
-        return self.raw[key]
+    # Every datagram goes through these a dozen times: one dict lookup each, and
+    # exact type checks (msgpack builds exact ints, strs and lists; `type(v) is
+    # int` also refuses bool), the error path only when a check fails.
+
+    def _missing(self, key: str) -> Rejected:
+        return Rejected("invalid", f"missing field {key!r}")
 
     def uint(self, key: str, high: int = U64_MAX) -> int:
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-            raise Rejected("invalid", f"field {key!r} must be an integer 0..{high}")
-        return value
+        value = self.raw.get(key, _MISSING)
+        if type(value) is int and 0 <= value <= high:
+            return value
+        if value is _MISSING:
+            raise self._missing(key)
+        raise Rejected("invalid", f"field {key!r} must be an integer 0..{high}")
 
     def text(self, key: str, limit: int, allow_empty: bool = False) -> str:
-        value = self._get(key)
-        if not isinstance(value, str) or len(value) > limit or (not value and not allow_empty):
-            raise Rejected("invalid", f"field {key!r} must be a string of 1..{limit} chars")
-        return value
+        value = self.raw.get(key, _MISSING)
+        if type(value) is str and len(value) <= limit and (value or allow_empty):
+            return value
+        if value is _MISSING:
+            raise self._missing(key)
+        raise Rejected("invalid", f"field {key!r} must be a string of 1..{limit} chars")
 
     def items(self, key: str) -> list[Any]:
-        value = self._get(key)
-        if not isinstance(value, list) or len(value) > MAX_LIST:
-            raise Rejected("invalid", f"field {key!r} must be a list of at most {MAX_LIST}")
-        return value
+        value = self.raw.get(key, _MISSING)
+        if type(value) is list and len(value) <= MAX_LIST:
+            return value
+        if value is _MISSING:
+            raise self._missing(key)
+        raise Rejected("invalid", f"field {key!r} must be a list of at most {MAX_LIST}")
 
 
 def _vni(value: object) -> int:
