@@ -44,6 +44,9 @@ class Keyring:
         self.signing = keys[0]
         self._by_id = {k.key_id.encode("ascii"): k for k in keys}
 
+    def __len__(self) -> int:
+        return len(self._by_id)
+
     @classmethod
     def parse(cls, text: str, source: str = "<keys>") -> Keyring:
         keys: list[Key] = []

@@ -499,9 +499,22 @@ def api_service(
     @asynccontextmanager
     async def service(daemon: Any) -> AsyncIterator[web.AppRunner]:
         runner = await start_api(daemon, host, port, token_file)
+        reloaders: list[Callable[[], None]] | None = getattr(daemon, "reloaders", None)
+        state = runner.app[STATE]
+
+        def reload_tokens() -> None:
+            assert token_file is not None
+            tokens = Tokens.load(token_file)
+            state.tokens = tokens
+            log.info("tokens reloaded from %s: %d token(s)", token_file, len(tokens.entries))
+
+        if token_file is not None and reloaders is not None:
+            reloaders.append(reload_tokens)
         try:
             yield runner
         finally:
+            if token_file is not None and reloaders is not None:
+                reloaders.remove(reload_tokens)
             await runner.cleanup()
 
     return service

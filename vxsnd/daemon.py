@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
-from schema.keys import Keyring
+from schema.keys import Keyring, readable_by_others
 from schema.wire import Codec
 from vxsnd import store as store_mod
 from vxsnd.ageing import run_sweeper
@@ -56,6 +56,9 @@ class Daemon:
         self.keyring = keyring
         self.metrics = Metrics()
         self.services: list[Service] = []
+        # what SIGHUP re-reads (the key file; the API adds its token file); each raises
+        # on a bad file, which leaves what it had in force
+        self.reloaders: list[Callable[[], None]] = []
         self._trigger = shutdown_trigger
         self._stop: asyncio.Event | None = None
         self._store: store_mod.Store | None = None
@@ -97,6 +100,33 @@ class Daemon:
         if self._stop is not None:
             self._stop.set()
 
+    def reload(self) -> bool:
+        """Re-read the key and token files (what SIGHUP does); True when all took.
+
+        A file that cannot be used is logged and changes nothing: the daemon goes on
+        with what it had, so a typo during a key rotation never stops the service."""
+        ok = True
+        for reloader in self.reloaders:
+            try:
+                reloader()
+            except Exception as exc:
+                ok = False
+                log.error("reload failed, keeping the previous configuration: %s", exc)
+        return ok
+
+    def _reload_keys(self) -> None:
+        assert self.cfg.key_file is not None
+        keyring = Keyring.load(self.cfg.key_file)
+        if readable_by_others(self.cfg.key_file):
+            log.warning("key file %s is readable by group or others: chmod 600", self.cfg.key_file)
+        self.engine.set_codec(Codec(keyring))
+        log.info(
+            "keys reloaded from %s: %d key(s), signing with %s",
+            self.cfg.key_file,
+            len(keyring),
+            keyring.signing.key_id,
+        )
+
     async def _open_store(self) -> store_mod.Store:
         try:
             return await store_mod.Store.open(self.cfg.db)
@@ -129,6 +159,8 @@ class Daemon:
                 time.time,
             )
             await self._engine.start()
+            if cfg.key_file is not None and self.keyring is not None:
+                self.reloaders.append(self._reload_keys)
             self._server = Server(
                 self._engine, self.metrics, cfg.queue_size, cfg.batch_window / 1000.0
             )
@@ -150,9 +182,13 @@ class Daemon:
         if self.cfg.registry_poll > 0:
             timers.append(asyncio.create_task(run_watch(self.engine, self.cfg.registry_poll)))
         installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in (
+            (signal.SIGTERM, self._stop.set),
+            (signal.SIGINT, self._stop.set),
+            (signal.SIGHUP, self.reload),
+        ):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._stop.set)
+                loop.add_signal_handler(sig, handler)
                 installed.append(sig)
         trigger = asyncio.ensure_future(
             self._trigger() if self._trigger is not None else self._stop.wait()

@@ -151,6 +151,13 @@ class Engine:
         self._latency = metrics.push_ack_latency
         self._rlog = RateLimitedLog(log)
 
+    def set_codec(self, codec: Codec) -> None:
+        """Sign and verify with `codec` from now on (keys reloaded); the encoded pushes
+        cached so far were signed with the old keys, so they go."""
+        self.codec = codec
+        self._snap.clear()
+        self._delta.clear()
+
     async def start(self, now: float | None = None) -> None:
         """Load generations and member counts (after a restart they carry on).
 

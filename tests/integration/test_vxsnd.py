@@ -336,3 +336,43 @@ async def test_registry_watch_pushes_changes_made_through_another_instance(db: s
         assert a_daemon.engine.generations[VNI] == gens[VNI]
         for agent in (one, two, three):
             agent.close()
+
+
+async def test_reload_rotates_keys_and_a_bad_key_file_keeps_the_old(tmp_path: Path) -> None:
+    """The rotation the key file's format is made for, without a restart: add the new
+    key second, reload; move it first, reload (vxsnd now signs with it, agents still on
+    the old key are heard); a broken file changes nothing."""
+    old, new = bytes(range(32)), bytes(range(100, 132))
+    key_file = tmp_path / "vxflood.keys"
+    key_file.write_text(f"old {old.hex()}\n")
+    key_file.chmod(0o600)
+    cfg = make_config(f"sqlite:///{tmp_path / 'registry.db'}", key_file=key_file)
+    async with running(cfg, keyring=Keyring.load(key_file)) as daemon:
+        addr = server_addr(daemon)
+        on_old = await Agent.create("on-old", addr, keyring=Keyring([Key("old", old)]))
+        on_old.register({VNI: vtep(1)})
+        await wait_until(lambda: on_old.members.get(VNI) == {vtep(1)}, 5, "joins on the old key")
+
+        key_file.write_text(f"old {old.hex()}\nnew {new.hex()}\n")
+        assert daemon.reload()
+        key_file.write_text(f"new {new.hex()}\nold {old.hex()}\n")
+        assert daemon.reload()
+        # an agent that only knows the new key hears vxsnd, and is heard
+        on_new = await Agent.create("on-new", addr, keyring=Keyring([Key("new", new)]))
+        on_new.register({VNI: vtep(2)})
+        await wait_until(lambda: on_new.members.get(VNI) == {vtep(1), vtep(2)}, 5, "new key")
+        # the agent still on the old key is still heard (its join reaches on-new)
+        on_old.register({VNI: vtep(1), VNI + 1: vtep(1)})
+        await wait_until(lambda: VNI + 1 in daemon.engine.nodes["on-old"].vnis, 5, "old key")
+
+        key_file.write_text("new not-hex\n")
+        assert not daemon.reload()  # logged, and nothing changed
+        assert daemon.engine.codec.keyring is not None
+        assert daemon.engine.codec.keyring.signing.key_id == "new"
+        later = await Agent.create("later", addr, keyring=Keyring([Key("new", new)]))
+        later.register({VNI: vtep(3)})
+        await wait_until(
+            lambda: on_new.members.get(VNI) == {vtep(1), vtep(2), vtep(3)}, 5, "after bad reload"
+        )
+        for a in (on_old, on_new, later):
+            a.close()

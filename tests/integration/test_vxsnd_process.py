@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.agent_sim import Agent, wait_until
@@ -57,6 +58,56 @@ async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0, text
     assert "stopping" in text and "stopped" in text
     assert "Traceback" not in text
+
+
+async def test_sighup_reloads_the_token_file(tmp_path: Path) -> None:
+    """SIGHUP: the new token file takes effect; a broken one leaves the old in force."""
+    port, api = free_port(), free_tcp_port()
+    tokens, log = tmp_path / "tokens", tmp_path / "vxsnd.log"
+    first, second = "a" * 32, "b" * 32
+    tokens.write_text(f"{first} read\n")
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "vxsnd", "--listen", f"127.0.0.1:{port}"),
+            *("--db", f"sqlite:///{tmp_path / 'registry.db'}", "--server-id", "hup"),
+            *("--api", f"127.0.0.1:{api}", "--token-file", str(tokens)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+    url = f"http://127.0.0.1:{api}/v1/vnis"
+
+    async def status(token: str) -> int:
+        async with aiohttp.ClientSession() as s, s.get(url, headers=bearer(token)) as r:
+            return r.status
+
+    try:
+        await wait_until(lambda: b"vxsnd ready" in log.read_bytes(), 20, "vxsnd to start")
+        assert (await status(first), await status(second)) == (200, 401)
+        tokens.write_text(f"{second} read\n")
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: b"tokens reloaded" in log.read_bytes(), 10, "the reload")
+        assert (await status(first), await status(second)) == (401, 200)
+        tokens.write_text("short read\n")
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: b"reload failed" in log.read_bytes(), 10, "the refusal")
+        assert await status(second) == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "Traceback" not in log.read_text()
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def run_vxsnd(*args: str) -> tuple[int, str]:
