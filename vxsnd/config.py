@@ -267,7 +267,7 @@ def build_parser(prog: str = "vxsnd") -> argparse.ArgumentParser:
         "registry schema.",
         epilog="Every option can also be set in the TOML file given by --config "
         '(snake_case keys, e.g. max_hold_time = 600, listen = ["[::]:10001"]); flags '
-        "override the file.",
+        "override the file. SIGHUP re-reads key_file and token_file.",
     )
 
 
