@@ -559,17 +559,18 @@ class Bench:
                 result.cpu_ms = {k: v / 1e6 / joins for k, v in cpu[op].items()}
         return [join, leave]
 
-    # the baseline controller
+    # the reference controllers: this process reacts to the joiner's link event
 
-    def baseline(self, joins: int) -> list[Result]:
-        socks = {
-            h.name: socket_in_netns(h.name, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            for h in self.others
-        }
+    def controlled(
+        self, joins: int, label: str, deliver: Callable[[Host, bytes], object]
+    ) -> list[Result]:
+        """Run the ops with this process as the controller: on the joiner's link event,
+        `deliver` gets each other host's ready-made RTM_NEWNEIGH (up) or RTM_DELNEIGH
+        (deleted) for the joiner's entry."""
         dst = self.joiner.underlay
-        index = {h.name: self.ifindex(h, f"vx{VNI}") for h in self.others}
-        add = {ns: neigh_request(RTM_NEWNEIGH, i, dst) for ns, i in index.items()}
-        delete = {ns: neigh_request(RTM_DELNEIGH, i, dst) for ns, i in index.items()}
+        index = {h: self.ifindex(h, f"vx{VNI}") for h in self.others}
+        add = {h: neigh_request(RTM_NEWNEIGH, i, dst) for h, i in index.items()}
+        delete = {h: neigh_request(RTM_DELNEIGH, i, dst) for h, i in index.items()}
         obs = Observer(self.lab.namespaces())
         joiner = self.joiner.name
 
@@ -577,23 +578,32 @@ class Bench:
             if ev.ns != joiner or ev.detail != f"vx{VNI}":
                 return
             msgs = add if ev.kind == "up" else delete if ev.kind == "dellink" else None
-            if msgs is None:
-                return
-            for ns, msg in msgs.items():
-                socks[ns].send(msg)
+            for h, msg in (msgs or {}).items():
+                deliver(h, msg)
 
         obs.react = react
         try:
-            return self.run_ops(obs, None, joins, " (baseline)")
+            return self.run_ops(obs, None, joins, f" ({label})")
         finally:
             obs.close()
-            for s in socks.values():
-                s.close()
+
+    def baseline(self, joins: int) -> list[Result]:
+        """This process writes every kernel itself, on pre-opened netlink sockets."""
+        socks = {
+            h: socket_in_netns(h.name, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            for h in self.others
+        }
+        try:
+            return self.controlled(joins, "baseline", lambda h, msg: socks[h].send(msg))
+        finally:
+            for sock in socks.values():
+                sock.close()
 
     def floor(self, joins: int) -> list[Result]:
-        """The baseline's controller, but each host's write made by a minimal Python
-        agent woken by a UDP datagram from the underlay namespace."""
+        """Each host's write made by a minimal Python agent woken by a UDP datagram from
+        the underlay namespace."""
         agents = []
+        sender = self.lab.service.socket()
         try:
             for h in self.others:
                 proc = h.popen(
@@ -607,30 +617,11 @@ class Bench:
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "ready":
                     raise RuntimeError("a floor agent did not start")
-            sender = self.lab.service.socket()
-            dst = self.joiner.underlay
-            index = {h: self.ifindex(h, f"vx{VNI}") for h in self.others}
-            add = {h: neigh_request(RTM_NEWNEIGH, i, dst) for h, i in index.items()}
-            delete = {h: neigh_request(RTM_DELNEIGH, i, dst) for h, i in index.items()}
-            obs = Observer(self.lab.namespaces())
-            joiner = self.joiner.name
-
-            def react(ev: Event) -> None:
-                if ev.ns != joiner or ev.detail != f"vx{VNI}":
-                    return
-                msgs = add if ev.kind == "up" else delete if ev.kind == "dellink" else None
-                if msgs is None:
-                    return
-                for h, msg in msgs.items():
-                    sender.sendto(msg, (h.underlay, FLOOR_PORT))
-
-            obs.react = react
-            try:
-                return self.run_ops(obs, None, joins, " (floor)")
-            finally:
-                obs.close()
-                sender.close()
+            return self.controlled(
+                joins, "floor", lambda h, msg: sender.sendto(msg, (h.underlay, FLOOR_PORT))
+            )
         finally:
+            sender.close()
             for proc in agents:
                 proc.kill()
                 proc.wait(5)
