@@ -182,6 +182,27 @@ def test_feed_checks_source_tag_and_replay() -> None:
     assert ack.applied == ((100, 1),)  # type: ignore[union-attr]
 
 
+def test_receive_tells_the_agent_of_changes_and_never_raises() -> None:
+    """receive() is the datagram callback itself: a change reaches on_change at
+    once; garbage is counted; an error in the agent is logged, not raised into
+    the event loop."""
+    c, _ = _client()
+    changes: list[set[int]] = []
+    c.on_change = lambda client, out: changes.append(out.changed)
+    seq = Sequencer("snd")
+    c.receive(_wire(Codec(), snap(100, 1, A), seq), "192.0.2.1")
+    assert changes == [{100}]
+    c.receive(b"garbage", "192.0.2.1")
+    assert c.drops["magic"] == 1 and changes == [{100}]
+
+    def broken(client: ServerClient, out: object) -> None:
+        raise RuntimeError("agent bug")
+
+    c.on_change = broken
+    c.receive(_wire(Codec(), delta(100, 1, 2, (B,)), seq), "192.0.2.1")
+    assert c.state.applied(100) == 2  # fed; the agent's failure did not escape
+
+
 def test_feed_refuses_old_datagrams() -> None:
     c, _ = _client()
     seq = Sequencer("snd", clock=lambda: 1000.0)
