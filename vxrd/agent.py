@@ -164,6 +164,12 @@ class Agent:
 
     # ------------------------------------------------------------ lifecycle
 
+    def set_codec(self, codec: Codec) -> None:
+        """Sign and verify with `codec` from now on (the key file was reloaded)."""
+        self.codec = codec
+        for client in self.clients:
+            client.codec = codec
+
     async def open(self) -> None:
         """Open the kernel, start the clients, discover devices and register."""
         await self.kernel.open()

@@ -3,6 +3,7 @@
 SIGTERM and SIGINT set one stop event; the agent stops its tasks, the status
 socket and metrics endpoint close, the kernel sockets close, and the flood
 entries stay (fail-static) unless --flush-on-exit is set. Exit status 0.
+SIGHUP re-reads the key file (a key rotation needs no restart).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from schema.keys import KeyFileError, Keyring, readable_by_others
+from schema.wire import Codec
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
 from vxrd.kernel import Kernel
@@ -43,6 +45,28 @@ def load_keyring(config: Config) -> Keyring | None:
     return keyring
 
 
+def reload_keys(agent: Agent, config: Config) -> bool:
+    """Re-read the key file (SIGHUP); a file that cannot be used is logged and the keys
+    in force stay, so a typo during a rotation never cuts the agent off."""
+    if config.key_file is None:
+        log.info("SIGHUP: no key file configured, nothing to reload")
+        return True
+    try:
+        keyring = load_keyring(config)
+    except (KeyFileError, OSError) as exc:
+        log.error("reload failed, keeping the keys in force: %s", exc)
+        return False
+    assert keyring is not None
+    agent.set_codec(Codec(keyring))
+    log.info(
+        "keys reloaded from %s: %d key(s), signing with %s",
+        config.key_file,
+        len(keyring),
+        keyring.signing.key_id,
+    )
+    return True
+
+
 async def serve(
     config: Config,
     kernel: Kernel | None = None,
@@ -57,6 +81,7 @@ async def serve(
     if signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_keys, agent, config)
     watcher = None
     if stop is not None:
         watcher = loop.create_task(_forward(stop, agent.stop))
@@ -84,7 +109,7 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
         if signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
     log.info("vxrd stopped (%s)", "left" if agent.left else "flood entries kept")
     return agent

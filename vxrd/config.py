@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "service node(s) and programs the flood lists they send into the kernel.",
         epilog="Every option can also be set in the TOML file given by --config "
         '(snake_case keys, e.g. hold_time = 90, servers = ["10.0.0.1"]); '
-        "flags override the file.",
+        "flags override the file. SIGHUP re-reads key_file.",
     )
 
 

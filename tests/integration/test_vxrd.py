@@ -844,3 +844,52 @@ async def test_process_sigterm_keeps_entries_and_vxrdctl(ns: str, tmp_path: Path
     assert rc == 1
     assert err.startswith(f"vxrdctl: cannot reach vxrd at {sock}: ")
     assert err.strip().endswith("(is vxrd running?)")
+
+
+async def test_process_sighup_reloads_the_key_file(ns: str, tmp_path: Path) -> None:
+    """A membership signed only with a new key is refused until SIGHUP re-reads a key
+    file that lists it; a broken file afterwards keeps the keys in force."""
+    local_vxlan(ns, "vx100", 100)
+    old, new = Key("old", bytes(range(32))), Key("new", bytes(range(100, 132)))
+    key_file = tmp_path / "vxflood.keys"
+    key_file.write_text(f"old {old.secret.hex()}\n")
+    key_file.chmod(0o600)
+    only_new = Codec(Keyring([new]))
+    async with fake_server(Keyring([old, new]), in_ns=ns) as srv:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, sys.executable, "-m", "vxrd",
+            "--server", f"127.0.0.1:{srv.port}", "--status-socket", str(tmp_path / "s.sock"),
+            "--node-id", "proc-k", "--key-file", str(key_file),
+            stderr=subprocess.PIPE, env=env, cwd=REPO,
+        )  # fmt: skip
+        try:
+            await srv.wait_register(serves(100), within=10.0)
+            srv.send(srv.membership(100, 1, ("10.77.0.2",)))
+            await has_flood(ns, "vx100", {"10.77.0.2"})
+            srv.send(srv.membership(100, 2, ("10.77.0.3",), base=1, codec=only_new))
+            await asyncio.sleep(0.3)  # refused: vxrd does not know the new key yet
+            assert await flood(ns, "vx100") == {"10.77.0.2"}
+
+            key_file.write_text(f"new {new.secret.hex()}\nold {old.secret.hex()}\n")
+            proc.send_signal(signal.SIGHUP)
+
+            async def heard_new() -> bool:
+                srv.send(srv.membership(100, 2, ("10.77.0.3",), base=1, codec=only_new))
+                return await flood(ns, "vx100") == {"10.77.0.2", "10.77.0.3"}
+
+            await until(heard_new, what="the new key to be accepted after SIGHUP")
+            key_file.write_text("new not-hex\n")
+            proc.send_signal(signal.SIGHUP)
+            srv.send(srv.membership(100, 3, (), ("10.77.0.2",), base=2, codec=only_new))
+            await has_flood(ns, "vx100", {"10.77.0.3"})  # still on the reloaded keys
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(proc.communicate(), 10.0)
+            text = stderr.decode()
+            assert proc.returncode == 0, text
+            assert "keys reloaded" in text and "reload failed" in text
+            assert "Traceback" not in text
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
