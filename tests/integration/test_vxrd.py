@@ -800,17 +800,22 @@ async def test_agent_started_before_the_server_converges_soon_after_it_starts(
 # ------------------------------------------------------------------ the real process
 
 
+async def start_vxrd(
+    ns: str, srv: FakeServer, sock: Path, *args: str
+) -> asyncio.subprocess.Process:
+    """`python -m vxrd` in `ns` against `srv`, stderr piped (communicate() reads it)."""
+    return await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns, sys.executable, "-m", "vxrd",
+        "--server", f"127.0.0.1:{srv.port}", "--status-socket", str(sock), *args,
+        stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
+    )  # fmt: skip
+
+
 async def test_process_sigterm_keeps_entries_and_vxrdctl(ns: str, tmp_path: Path) -> None:
     local_vxlan(ns, "vx100", 100)
     sock = tmp_path / "vxrd.sock"
     async with fake_server(in_ns=ns) as srv:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, "-m", "vxrd",
-            "--server", f"127.0.0.1:{srv.port}", "--status-socket", str(sock),
-            "--node-id", "proc-a",
-            stderr=subprocess.PIPE, env=env, cwd=REPO,
-        )  # fmt: skip
+        proc = await start_vxrd(ns, srv, sock, "--node-id", "proc-a")
         try:
             await srv.wait_register(serves(100), within=10.0)
             srv.send(srv.membership(100, 1, ("10.77.0.2",)))
@@ -856,13 +861,9 @@ async def test_process_sighup_reloads_the_key_file(ns: str, tmp_path: Path) -> N
     key_file.chmod(0o600)
     only_new = Codec(Keyring([new]))
     async with fake_server(Keyring([old, new]), in_ns=ns) as srv:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, "-m", "vxrd",
-            "--server", f"127.0.0.1:{srv.port}", "--status-socket", str(tmp_path / "s.sock"),
-            "--node-id", "proc-k", "--key-file", str(key_file),
-            stderr=subprocess.PIPE, env=env, cwd=REPO,
-        )  # fmt: skip
+        proc = await start_vxrd(
+            ns, srv, tmp_path / "s.sock", "--node-id", "proc-k", "--key-file", str(key_file)
+        )
         try:
             await srv.wait_register(serves(100), within=10.0)
             srv.send(srv.membership(100, 1, ("10.77.0.2",)))
