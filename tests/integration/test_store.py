@@ -11,6 +11,7 @@ import itertools
 import os
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -32,6 +33,7 @@ from vxsnd.store import (
     Store,
     current_revision,
     head_revision,
+    normalize_url,
     upgrade_schema,
 )
 
@@ -45,7 +47,7 @@ def _asyncpg_dsn(url: str) -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/registry.db"
+        yield f"sqlite:///{tmp_path}/registry.db"
         return
     require_postgres()
     name = f"vxflood_test_{os.getpid()}_{next(_db_numbers)}"
@@ -470,3 +472,19 @@ async def test_delta_from_any_base_rebuilds_the_snapshot(db_url: str) -> None:
                 assert delta is not None, (v, base, current)
                 assert (snap - delta.removed) | delta.added == members
                 assert not delta.added & snap and delta.removed <= snap
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"])
+async def test_every_sqlite_spelling_opens_the_same_registry(tmp_path: Path, driver: str) -> None:
+    """Configurations written for the aiosqlite driver keep working: one file, one driver."""
+    path = tmp_path / "registry.db"
+    assert normalize_url(f"{driver}:///{path}") == f"sqlite:///{path}"
+    async with await Store.open(f"sqlite:///{path}") as s:
+        rid = s.registry_id
+    async with await Store.open(f"{driver}:///{path}") as s:
+        assert s.registry_id == rid
+
+
+def test_postgres_spellings_pick_asyncpg() -> None:
+    for url in ("postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg2://u@h/db"):
+        assert normalize_url(url) == "postgresql+asyncpg://u@h/db"

@@ -775,7 +775,7 @@ async def test_agent_started_before_the_server_converges_soon_after_it_starts(
         (server,) = json.loads(out)["servers"]
         assert server["answered"] is False and server["last_contact"] is None
         cfg = make_config(
-            f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+            f"sqlite:///{tmp_path / 'registry.db'}",
             listen=(ListenAddr("127.0.0.1", port),),
         )
         async with running(cfg):
