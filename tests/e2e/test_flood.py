@@ -1,7 +1,8 @@
 """vxsnd and vxrd as real processes in the namespace lab, on the real kernel.
 
-vxsnd runs in the lab's underlay namespace with a SQLite registry in tmp_path; one
-vxrd runs in every host namespace (``--node-id`` = the namespace name). The flood
+vxsnd runs in the lab's underlay namespace with a SQLite registry in tmp_path (two
+vxsnd share it in the tests of two service nodes); one vxrd runs in every host
+namespace (``--node-id`` = the namespace name), enrolled on every vxsnd. The flood
 lists are read back from the kernel (``bridge -j fdb show``), the data plane is proven
 with the lab's probes, and "nothing changed" claims are checked by an independent
 observer: ``bridge monitor fdb`` in each host, captured to a file.
@@ -34,7 +35,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 MakeLab = Callable[..., Lab]
 
-PORT = 10001
+PORT = 10001  # of the first vxsnd; the next ones listen on the ports after it
+API_PORT = 10080
 ZERO = "00:00:00:00:00:00"
 START = 20.0  # seconds: daemons started on a busy 2-core box until the lists are complete
 CONVERGE = 3.0  # seconds: a change in a running system until every host has it
@@ -47,7 +49,12 @@ LONG_HOLD = 60  # elsewhere: nothing may expire on a slow machine by accident
 
 
 class Overlay:
-    """vxsnd in the lab's service namespace and a vxrd per host, all real processes."""
+    """``servers`` vxsnd in the lab's service namespace, all on one registry (an SQLite
+    file in WAL mode), and a vxrd per host listing every one of them: real processes.
+
+    Server ``i`` listens on the service address, port ``PORT + i``; its REST API on
+    the namespace's loopback, port ``API_PORT + i``.
+    """
 
     def __init__(
         self,
@@ -56,6 +63,7 @@ class Overlay:
         tmp_path: Path,
         hold_time: int = LONG_HOLD,
         vxsnd_args: Sequence[str] = (),
+        servers: int = 1,
     ) -> None:
         self.lab = lab
         self.run_in_ns = run_in_ns
@@ -63,33 +71,46 @@ class Overlay:
         self.hold_time = hold_time
         self.vxsnd_args = list(vxsnd_args)
         self.db = tmp_path / "registry.db"
-        self.vxsnd: Proc | None = None
+        self.vxsnds: list[Proc | None] = [None] * servers  # None: not started, or killed
         self.vxrd: dict[Host, Proc] = {}
 
-    @property
-    def endpoint(self) -> str:
+    def endpoint(self, server: int = 0) -> str:
         addr = self.lab.service_addr
-        return f"[{addr}]:{PORT}" if ":" in addr else f"{addr}:{PORT}"
+        port = PORT + server
+        return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
-    def start_vxsnd(self) -> Proc:
+    def start_vxsnd(self, server: int = 0) -> Proc:
         argv = [
             sys.executable,
             *("-m", "vxsnd"),
-            *("--listen", self.endpoint),
+            *("--listen", self.endpoint(server)),
             *("--db", f"sqlite:///{self.db}"),
-            *("--server-id", f"{self.lab.prefix}-sn"),
+            *("--server-id", f"{self.lab.prefix}-sn{server + 1}"),
+            *("--api", f"127.0.0.1:{API_PORT + server}"),
             *self.vxsnd_args,
         ]
-        self.vxsnd = self.run_in_ns(self.lab.service_ns, argv, name="vxsnd")
-        wait_until(self._vxsnd_listening, timeout=START, what="vxsnd listening on UDP")
-        return self.vxsnd
+        proc = self.run_in_ns(self.lab.service_ns, argv, name=f"vxsnd-sn{server + 1}")
+        self.vxsnds[server] = proc
+        wait_until(
+            lambda: self._vxsnd_listening(proc, PORT + server),
+            timeout=START,
+            what=f"vxsnd-sn{server + 1} listening on UDP",
+        )
+        return proc
 
-    def _vxsnd_listening(self) -> bool:
-        assert self.vxsnd is not None
-        if not self.vxsnd.alive:
-            raise AssertionError(f"vxsnd exited {self.vxsnd.returncode}:\n{self.vxsnd.log()}")
-        out = self.lab.service.exec(["ss", "-Hlun", "sport", f"= :{PORT}"]).stdout
+    def _vxsnd_listening(self, proc: Proc, port: int) -> bool:
+        if not proc.alive:
+            raise AssertionError(f"{proc.name} exited {proc.returncode}:\n{proc.log()}")
+        out = self.lab.service.exec(["ss", "-Hlun", "sport", f"= :{port}"]).stdout
         return bool(out.strip())
+
+    def kill_vxsnd(self, server: int = 0) -> None:
+        """SIGKILL a service node: no goodbye to anyone, nothing flushed."""
+        proc = self.vxsnds[server]
+        assert proc is not None, f"vxsnd-sn{server + 1} is not running"
+        proc.kill(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        self.vxsnds[server] = None
 
     def socket_path(self, host: Host) -> Path:
         return self.tmp_path / f"{host.name}.sock"
@@ -98,7 +119,7 @@ class Overlay:
         argv = [
             sys.executable,
             *("-m", "vxrd"),
-            *("--server", self.endpoint),
+            *(arg for i in range(len(self.vxsnds)) for arg in ("--server", self.endpoint(i))),
             *("--node-id", host.name),
             *("--status-socket", str(self.socket_path(host))),
             *("--hold-time", str(self.hold_time)),
@@ -116,7 +137,8 @@ class Overlay:
         return self.ctl(host, "status", check=False).returncode == 0
 
     def start(self, hosts: Iterable[Host] | None = None) -> None:
-        self.start_vxsnd()
+        for server in range(len(self.vxsnds)):
+            self.start_vxsnd(server)
         hosts = list(self.lab.hosts if hosts is None else hosts)
         for h in hosts:
             self.start_vxrd(h, wait=False)
@@ -143,6 +165,29 @@ class Overlay:
     def status(self, host: Host) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.ctl(host, "status").stdout)
         return data
+
+    def peers(self, host: Host, vni: int) -> dict[str, Any]:
+        """``vxrdctl peers VNI``: the host's view of one VNI."""
+        views: list[dict[str, Any]] = json.loads(self.ctl(host, "peers", str(vni)).stdout)
+        assert [v["vni"] for v in views] == [vni], views
+        return views[0]
+
+    def heard(self, host: Host, vni: int) -> list[list[str]]:
+        """The members of ``vni`` as each server that answered told ``host``, in the
+        order of its ``--server`` flags."""
+        return [s["members"] for s in self.peers(host, vni)["servers"].values()]
+
+    def mesh_kept(self, hosts: Sequence[Host], vni: int) -> Callable[[], None]:
+        """For ``observe``: every daemon that should run runs, and ``hosts`` keep the
+        full mesh of ``vni`` they have now."""
+        mesh = full_mesh(vni, hosts)
+
+        def still() -> None:
+            for proc in (*self.vxsnds, *self.vxrd.values()):
+                assert proc is None or proc.alive, f"{proc} died"
+            assert flood_lists(self.lab, vni, hosts) == mesh
+
+        return still
 
 
 # -- expected state -----------------------------------------------------------------------
@@ -204,7 +249,6 @@ class FdbWatch:
             for h in self.hosts
         }
         self.marks = 0
-        self._end = f"Deleted {SENTINEL_MAC} "
         self._end = f"Deleted {SENTINEL_MAC} "
         self.begin: dict[Host, int] = {}
         self.mark()
@@ -320,10 +364,9 @@ def test_broadcast_reaches_every_other_host_and_unicast_works(
     for a, b in ((h1, h2), (h3, h4), (h4, h1)):
         assert unicast_works(lab, 100, a, b), f"no echo reply from {b.name} to {a.name}"
     # vxrd's own view agrees with the kernel
-    peers = json.loads(ov.ctl(h1, "peers", "100").stdout)
-    assert [p["vni"] for p in peers] == [100]
-    assert peers[0]["members"] == sorted(h.underlay for h in lab.hosts)
-    assert peers[0]["devices"][0]["flood"] == sorted(h.underlay for h in (h2, h3, h4))
+    peers = ov.peers(h1, 100)
+    assert peers["members"] == sorted(h.underlay for h in lab.hosts)
+    assert peers["devices"][0]["flood"] == sorted(h.underlay for h in (h2, h3, h4))
 
 
 def test_join_and_leave_reach_every_host(
@@ -379,17 +422,9 @@ def _vxsnd_kill_restart(
     watch = FdbWatch(run_in_ns, lab.hosts, 100)
     watch.start()
 
-    assert ov.vxsnd is not None
-    ov.vxsnd.kill(signal.SIGKILL)
-    assert ov.vxsnd.wait() == -signal.SIGKILL
+    ov.kill_vxsnd()
     assert_floods(lab, 100, lab.hosts)  # fail-static: the data plane does not notice
-
-    mesh = full_mesh(100, lab.hosts)
-
-    def lists_kept() -> None:
-        assert all(p.alive for p in ov.vxrd.values()), "a vxrd died"
-        assert flood_lists(lab, 100, lab.hosts) == mesh
-
+    lists_kept = ov.mesh_kept(lab.hosts, 100)
     if outage:  # the agents refresh into the void and keep their lists
         observe(outage, lists_kept)
         assert_floods(lab, 100, lab.hosts)
@@ -433,6 +468,96 @@ def test_vxsnd_restart_after_an_outage_longer_than_the_hold_time_is_hitless(
     )
 
 
+def wait_heard(ov: Overlay, hosts: Sequence[Host], vni: int, timeout: float = CONVERGE) -> None:
+    """Every server has told each of ``hosts`` that the members of ``vni`` are ``hosts``."""
+    members = sorted(h.underlay for h in hosts)
+    wait_until(
+        lambda: {h.name: ov.heard(h, vni) for h in hosts},
+        timeout=timeout,
+        what=f"every server's membership of VNI {vni} on {sorted_names(hosts)}",
+        expect={h.name: [members] * len(ov.vxsnds) for h in hosts},
+    )
+
+
+def two_service_nodes(lab: Lab, run_in_ns: RunInNs, tmp_path: Path) -> Overlay:
+    """Two vxsnd on one registry (the same SQLite file, WAL) and every vxrd enrolled on
+    both (``--server A --server B``), programming the union of what they say. Returns
+    once the hosts with VNI 100 have their full mesh, heard from both servers."""
+    ov = Overlay(lab, run_in_ns, tmp_path, hold_time=SHORT_HOLD, servers=2)
+    ov.start()
+    members = [h for h in lab.hosts if 100 in h.vnis]
+    wait_mesh(lab, 100, members)
+    wait_heard(ov, members, 100)
+    assert_floods(lab, 100, members)
+    return ov
+
+
+def test_two_service_nodes_one_down_a_join_gets_through_and_its_return_is_hitless(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Availability: SIGKILL one of two service nodes; forwarding goes on, a join reaches
+    every host through the other alone; the killed one restarted takes its place again
+    without a flood entry removed or re-added."""
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    h4 = lab.add_host(vnis=[])  # vxrd runs; its vxlan device comes up while A is down
+    ov = two_service_nodes(lab, run_in_ns, tmp_path)
+
+    # A dies: for a hold time and a sweep, B alone keeps the registrations alive
+    ov.kill_vxsnd(0)
+    assert_floods(lab, 100, [h1, h2, h3])
+    observe(SHORT_HOLD + 1.0, ov.mesh_kept([h1, h2, h3], 100))
+
+    # with A still down, a join reaches every host through B
+    started = time.monotonic()
+    lab.add_vni(h4, 100)
+    wait_mesh(lab, 100, lab.hosts, timeout=CONVERGE)
+    print(f"join through the surviving vxsnd converged in {time.monotonic() - started:.3f}s")
+    assert_floods(lab, 100, lab.hosts)
+
+    # A comes back on the same registry: hitless, and every host hears from both again
+    watch = FdbWatch(run_in_ns, lab.hosts, 100)
+    watch.start()
+    restarted = time.time()
+    ov.start_vxsnd(0)
+
+    def answered(host: Host) -> list[bool]:
+        return [
+            bool(s["answered"] and s["last_contact"] and s["last_contact"] > restarted)
+            for s in ov.status(host)["servers"]
+        ]
+
+    wait_until(
+        lambda: {h.name: answered(h) for h in lab.hosts},
+        timeout=CONVERGE,
+        what="every host answered by both servers since the restart",
+        expect={h.name: [True, True] for h in lab.hosts},
+    )
+    observe(SHORT_HOLD, ov.mesh_kept(lab.hosts, 100))  # three refreshes to both
+    assert watch.zero_events() == {}, "flood entries removed or re-added around the restart"
+    wait_heard(ov, lab.hosts, 100)
+    assert_floods(lab, 100, lab.hosts)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="vxrd programs the union of every server's last answer and keeps a dead "
+    "server's answer (fail-static), so a leave reaches the hosts only once every server "
+    "they list answers again, although both servers report the same registry",
+)
+def test_two_service_nodes_one_down_a_leave_gets_through(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    ov = two_service_nodes(lab, run_in_ns, tmp_path)
+    ov.kill_vxsnd(0)
+    lab.del_vni(h3, 100)
+    wait_mesh(lab, 100, [h1, h2], timeout=CONVERGE)
+    assert_floods(lab, 100, [h1, h2])
+
+
 def test_vxrd_sigkill_and_restart_keep_the_flood_list(
     lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
 ) -> None:
@@ -465,17 +590,10 @@ def test_vxrd_sigkill_and_restart_keep_the_flood_list(
         return bool(first_contact and reconciled and reconciled >= first_contact[0])
 
     wait_until(resynced, timeout=START, what="the new vxrd heard from vxsnd and reconciled")
-    mesh = full_mesh(100, lab.hosts)
-
-    def lists_kept() -> None:
-        assert ov.vxrd[h1].alive, "vxrd died"
-        assert flood_lists(lab, 100, lab.hosts) == mesh
-
-    observe(SHORT_HOLD / 3 * 1.5, lists_kept)  # and one refresh more
+    observe(SHORT_HOLD / 3 * 1.5, ov.mesh_kept(lab.hosts, 100))  # and one refresh more
     assert watch.zero_events() == {}, "flood entries changed by the vxrd restart"
     assert_floods(lab, 100, lab.hosts)
-    peers = json.loads(ov.ctl(h1, "peers", "100").stdout)
-    assert peers[0]["members"] == sorted(h.underlay for h in lab.hosts)
+    assert ov.peers(h1, 100)["members"] == sorted(h.underlay for h in lab.hosts)
 
 
 def test_an_entry_deleted_by_hand_comes_back_within_a_second(
