@@ -111,6 +111,33 @@ class _Plan:
     repairs: int = 0
 
 
+# What the servers said about one VNI, as far as union_members looks at it: per server
+# (registry, generation, stale, members); members compared by identity (replaced,
+# never mutated, on change), the rest by value.
+_Sources = tuple[tuple[str, int, bool, frozenset[Address]] | None, ...]
+
+
+def _counting(heard: tuple[list[ServerState], list[ServerState]], vni: int) -> list[ServerState]:
+    """The servers whose answers count for `vni`: the live ones if any of them
+    answered for it, else all (see Agent._heard_states)."""
+    live, every = heard
+    return live if any(st.answered(vni) for st in live) else every
+
+
+def _sources(states: list[ServerState], vni: int) -> _Sources:
+    return tuple(
+        None if (v := st.vnis.get(vni)) is None else (st.registry, v.applied, v.stale, v.members)
+        for st in states
+    )
+
+
+def _same_sources(a: _Sources, b: _Sources) -> bool:
+    return len(a) == len(b) and all(
+        x is y or (x is not None and y is not None and x[:3] == y[:3] and x[3] is y[3])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
 class Agent:
     def __init__(
         self,
@@ -148,13 +175,9 @@ class Agent:
         self._logged: dict[int, str] = {}
         self._leaving = False
         self._reconcile_end = 0.0  # monotonic
+        # ifindex -> (what the servers said, as _sources() keys it; local; desired)
         self._desired_cache: dict[
-            int,
-            tuple[
-                tuple[frozenset[Address] | None, ...],
-                Address | None,
-                frozenset[Address] | None,
-            ],
+            int, tuple[_Sources, Address | None, frozenset[Address] | None]
         ] = {}
         self._registered = False  # the first register goes out even with no device
         self._background: set[asyncio.Task[None]] = set()
@@ -513,7 +536,7 @@ class Agent:
     def _plan(self) -> _Plan:
         """What to write so every managed device holds the union of what the
         servers said, from the mirror (no I/O, no change to the agent: _commit)."""
-        states = [c.state for c in self.clients]
+        states = self._heard_states()
         plan = _Plan()
         for ifindex, view in self.devices.items():
             if view.status != MANAGED or view.dev.vni is None:
@@ -568,21 +591,34 @@ class Agent:
             else:
                 self.mirror.load_device(ifindex, found.get(ifindex, ()))
 
+    def _heard_states(self) -> tuple[list[ServerState], list[ServerState]]:
+        """(servers heard within the hold time, all servers). A server silent for longer
+        (three missed register answers) is presumed down: its last answer no longer
+        counts while a live server answers for the VNI, so it cannot hold back a leave.
+        With no live answer, every last answer counts (fail-static)."""
+        cutoff = time.time() - self.config.hold_time
+        every = [c.state for c in self.clients]
+        live = [
+            c.state for c in self.clients if c.last_contact is not None and c.last_contact >= cutoff
+        ]
+        return live, every
+
     def _desired(
-        self, ifindex: int, view: DeviceView, states: list[ServerState]
+        self,
+        ifindex: int,
+        view: DeviceView,
+        states: tuple[list[ServerState], list[ServerState]],
     ) -> frozenset[Address] | None:
-        """desired_for() of the union, cached while the servers' member sets (immutable,
-        replaced on change) and the local address stay the same objects."""
-        assert view.dev.vni is not None
-        sources = tuple(st.members(view.dev.vni) for st in states)
+        """desired_for() of what the servers said (union_members of the live ones, else
+        of all), cached while that input and the local address stay the same."""
+        vni = view.dev.vni
+        assert vni is not None
+        members_from = _counting(states, vni)
+        sources = _sources(members_from, vni)
         hit = self._desired_cache.get(ifindex)
-        if (
-            hit is not None
-            and hit[1] == view.local
-            and all(a is b for a, b in zip(hit[0], sources, strict=True))
-        ):
+        if hit is not None and hit[1] == view.local and _same_sources(hit[0], sources):
             return hit[2]
-        members = union_members(states, view.dev.vni)
+        members = union_members(members_from, vni)
         desired = None if members is None else desired_for(members, view.local)
         self._desired_cache[ifindex] = (sources, view.local, desired)
         return desired
@@ -725,7 +761,7 @@ class Agent:
                         "stale": st.stale,
                         "members": sorted(str(a) for a in st.members),
                     }
-            members = union_members([c.state for c in self.clients], n)
+            members = union_members(_counting(self._heard_states(), n), n)
             devs = by_vni.get(n, [])
             out.append(
                 {

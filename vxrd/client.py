@@ -182,13 +182,31 @@ class ServerState:
 
 
 def union_members(states: Iterable[ServerState], vni: int) -> frozenset[Address] | None:
-    """Members of a VNI over every server that answered for it; None when none has."""
-    result: frozenset[Address] | None = None
+    """Members of a VNI as the servers tell them; None when none has answered.
+
+    Servers on one registry (same registry id) tell the same membership at
+    different generations: the newest answer wins, so a server that went silent
+    holding an old answer cannot keep a host that left in the flood list while
+    another server of that registry reports the leave. Answers of different
+    registries, and answers kept from before a registry change (stale), cannot be
+    ordered: they are joined, because keeping an entry is safer than dropping one.
+    """
+    newest: dict[str, VniState] = {}
+    joined: list[frozenset[Address]] = []
     for st in states:
-        members = st.members(vni)
-        if members is not None:
-            result = members if result is None else result | members
-    return result
+        v = st.vnis.get(vni)
+        if v is None:
+            continue
+        if v.stale or not st.registry:
+            joined.append(v.members)
+            continue
+        best = newest.get(st.registry)
+        if best is None or v.applied > best.applied:
+            newest[st.registry] = v
+    joined += (v.members for v in newest.values())
+    if not joined:
+        return None
+    return joined[0] if len(joined) == 1 else frozenset().union(*joined)
 
 
 # ---------------------------------------------------------------- asyncio endpoint

@@ -132,6 +132,23 @@ def test_union_across_servers() -> None:
     assert union_members([s1, s2, s3], 100) == {B, C}
 
 
+def test_servers_of_one_registry_newest_generation_wins() -> None:
+    """Two servers on one registry: the one that stopped at an older generation (it
+    died) does not keep a member that left in the list the live one reports."""
+    dead, live, other = ServerState(), ServerState(), ServerState()
+    dead.handle(snap(100, 3, A, B, C), 0.0)
+    live.handle(snap(100, 5, A, B, D), 0.0)
+    assert union_members([dead, live], 100) == {A, B, D}
+    assert union_members([live, dead], 100) == {A, B, D}  # order does not matter
+    # another registry still joins: its answer cannot be ordered against these
+    other.handle(snap(100, 1, C, registry="other"), 0.0)
+    assert union_members([dead, live, other], 100) == {A, B, C, D}
+    # answers kept from before a registry change are joined too (fail-static)
+    dead.handle(snap(200, 1, A, registry="r2"), 0.0)  # dead's registry changed
+    assert dead.vnis[100].stale
+    assert union_members([dead, live], 100) == {A, B, C, D}
+
+
 def test_entries_report_applied_generations() -> None:
     st = ServerState()
     st.handle(snap(100, 3, A), 0.0)

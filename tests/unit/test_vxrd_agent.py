@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from schema.wire import address
-from vxrd.agent import DOWN, MANAGED, classify
-from vxrd.config import Config
-from vxrd.kernel import VxlanDevice
+import time
+
+from schema.validate import Address
+from schema.wire import Envelope, Membership, address
+from vxrd.agent import DOWN, MANAGED, Agent, classify
+from vxrd.config import Config, ServerAddr
+from vxrd.kernel import Kernel, VxlanDevice
 
 CFG = Config(exclude=("mgmt*",))
 
@@ -57,3 +60,28 @@ def test_include_globs() -> None:
     cfg = Config(include=("vx1*",))
     assert classify(dev("vx100"), cfg).status == MANAGED
     assert classify(dev("vx200"), cfg).status == "excluded by configuration"
+
+
+def test_a_silent_server_does_not_hold_back_a_leave() -> None:
+    """Two service nodes with registries of their own: one goes silent (down) holding
+    an old answer; once it has not been heard for a hold time, what the live one says
+    is the flood list. With no server heard, every last answer counts (fail-static)."""
+    servers = (ServerAddr("192.0.2.1", 10001), ServerAddr("192.0.2.2", 10001))
+    cfg = Config(servers=servers, hold_time=90)
+    agent = Agent(cfg, Kernel())
+    down, up = agent.clients
+    a, b, c = (address(f"10.0.0.{i}") for i in (2, 3, 4))
+    down.state.handle(snapshot(100, 3, (a, b, c), "r-down"), 0.0)
+    up.state.handle(snapshot(100, 9, (a, b), "r-up"), 0.0)
+    view = classify(dev(), cfg)
+    now = time.time()
+    down.last_contact = up.last_contact = now
+    assert agent._desired(5, view, agent._heard_states()) == {a, b, c}  # both live: union
+    down.last_contact = now - 91
+    assert agent._desired(5, view, agent._heard_states()) == {a, b}  # c left, say the live
+    up.last_contact = now - 91
+    assert agent._desired(5, view, agent._heard_states()) == {a, b, c}  # nobody: keep all
+
+
+def snapshot(vni: int, gen: int, members: tuple[Address, ...], registry: str) -> Membership:
+    return Membership(Envelope("snd", 1, 1, 0), registry, vni, gen, None, members, ())
