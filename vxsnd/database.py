@@ -109,8 +109,10 @@ class _Sqlite(Database):
         )
 
     def _write(self, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]) -> _T:
-        with self.sync_engine.begin() as conn:
-            return fn(conn, *args, **kw)
+        with self.sync_engine.connect() as conn:
+            conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                return fn(conn, *args, **kw)
 
     def _read(self, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]) -> _T:
         with self.sync_engine.connect() as conn:
@@ -143,8 +145,16 @@ def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
+_IMMEDIATE: Final = "vxsnd_sqlite_immediate"
+
+
 def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    """A write takes the write lock when it begins (BEGIN IMMEDIATE): a deferred
+    transaction that read first cannot wait for the lock when another process (a
+    second vxsnd on the file) wrote meanwhile, and fails with "database is locked"
+    whatever the busy timeout. Reads stay deferred (a snapshot, no lock)."""
+    immediate = connection.get_execution_options().get(_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class _Async(Database):

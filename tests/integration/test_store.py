@@ -7,6 +7,7 @@ runs never see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
@@ -488,3 +489,27 @@ async def test_every_sqlite_spelling_opens_the_same_registry(tmp_path: Path, dri
 def test_postgres_spellings_pick_asyncpg() -> None:
     for url in ("postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg2://u@h/db"):
         assert normalize_url(url) == "postgresql+asyncpg://u@h/db"
+
+
+async def test_two_processes_writing_one_sqlite_file_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """Two vxsnd on one SQLite file (two Store objects, each with its own connections):
+    concurrent batches wait for the write lock instead of failing "database is locked"
+    (a transaction that read before the other's commit could not write after it)."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    one, two = await Store.open(url), await Store.open(url)
+    try:
+
+        async def writes(s: Store, name: str) -> None:
+            for i in range(40):
+                await apply_regs(
+                    s, 100.0 + i, reg(f"{name}{i}", {100: f"10.{len(name)}.0.{i + 1}"})
+                )
+
+        await asyncio.gather(writes(one, "a"), writes(two, "bb"))
+        assert len(await one.nodes()) == 80
+        assert (await two.generations())[100] == 80
+    finally:
+        await one.close()
+        await two.close()
