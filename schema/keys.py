@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import stat
 from dataclasses import dataclass
@@ -106,3 +107,12 @@ def readable_by_others(path: str | Path) -> bool:
     """Key files should be private to their daemon; callers warn otherwise."""
     mode = Path(path).stat().st_mode
     return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def load_key_file(path: str | Path, log: logging.Logger) -> Keyring:
+    """`Keyring.load`, warning on `log` when others can read the file: what both daemons
+    do at start and on SIGHUP (raises KeyFileError)."""
+    keyring = Keyring.load(path)
+    if readable_by_others(path):
+        log.warning("key file %s is readable by group or others: chmod 600", path)
+    return keyring

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,16 @@ from typing import Any
 from schema.wire import MAX_SENDER
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def setup_logging(level: str) -> None:
+    """Both daemons: plain lines on stderr for journald; aiohttp's own chatter off."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from schema.keys import KeyFileError, Keyring, readable_by_others
+from schema.keys import KeyFileError, Keyring, load_key_file
+from schema.options import setup_logging
 from schema.wire import Codec
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
@@ -27,22 +28,8 @@ from vxrd.status import start_status, stop_status
 log = logging.getLogger("vxrd")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
-
-
 def load_keyring(config: Config) -> Keyring | None:
-    if config.key_file is None:
-        return None
-    keyring = Keyring.load(config.key_file)
-    if readable_by_others(config.key_file):
-        log.warning("key file %s is readable by group or others", config.key_file)
-    return keyring
+    return None if config.key_file is None else load_key_file(config.key_file, log)
 
 
 def reload_keys(agent: Agent, config: Config) -> bool:

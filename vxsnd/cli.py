@@ -13,18 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from schema.keys import KeyFileError, Keyring, readable_by_others
+from schema.keys import KeyFileError, load_key_file
+from schema.options import setup_logging
 from vxsnd.config import Config, ConfigError, default_db_url, load, load_file
 
 log = logging.getLogger("vxsnd")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
 
 
 def db_main(argv: Sequence[str]) -> int:
@@ -68,12 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     keyring = None
     if cfg.key_file is not None:
         try:
-            keyring = Keyring.load(cfg.key_file)
+            keyring = load_key_file(cfg.key_file, log)
         except KeyFileError as exc:
             print(f"vxsnd: configuration error: {exc}", file=sys.stderr)
             return 2
-        if readable_by_others(cfg.key_file):
-            log.warning("key file %s is readable by group or others: chmod 600", cfg.key_file)
     else:
         log.warning("no key file: datagrams are neither signed nor verified")
     from vxsnd.api import ApiConfigError, api_service, check_api_config

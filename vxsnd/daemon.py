@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
-from schema.keys import Keyring, readable_by_others
+from schema.keys import Keyring, load_key_file
 from schema.wire import Codec
 from vxsnd import store as store_mod
 from vxsnd.ageing import run_sweeper
@@ -116,9 +116,7 @@ class Daemon:
 
     def _reload_keys(self) -> None:
         assert self.cfg.key_file is not None
-        keyring = Keyring.load(self.cfg.key_file)
-        if readable_by_others(self.cfg.key_file):
-            log.warning("key file %s is readable by group or others: chmod 600", self.cfg.key_file)
+        keyring = load_key_file(self.cfg.key_file, log)
         self.engine.set_codec(Codec(keyring))
         log.info(
             "keys reloaded from %s: %d key(s), signing with %s",

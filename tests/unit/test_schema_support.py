@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from schema.keys import KeyFileError, Keyring, readable_by_others
+from schema.keys import KeyFileError, Keyring, load_key_file, readable_by_others
 from schema.replay import ReplayGuard
 from schema.validate import (
     InvalidValue,
@@ -30,6 +31,20 @@ def test_key_file_parsing(tmp_path: Path) -> None:
     assert not readable_by_others(path)
     os.chmod(path, 0o644)
     assert readable_by_others(path)
+
+
+def test_load_key_file_warns_when_others_can_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("k1 " + "ab" * 32 + "\n")
+    log = logging.getLogger("test.keys")
+    os.chmod(path, 0o600)
+    assert load_key_file(path, log).signing.key_id == "k1"
+    assert "readable by group or others" not in caplog.text
+    os.chmod(path, 0o640)
+    load_key_file(path, log)
+    assert "readable by group or others" in caplog.text
 
 
 @pytest.mark.parametrize(
