@@ -141,6 +141,9 @@ class Engine:
         # a snapshot after a change needs no registry read
         self._members: dict[int, tuple[int, frozenset[str]]] = {}
         self._delta: dict[tuple[int, int, int], list[Stamped] | None] = {}
+        # (vni, generation) -> what our own batch changed: the delta from the generation
+        # before, encoded only if a push needs it
+        self._changes: dict[tuple[int, int], store.VniChange] = {}
         self._member_count: dict[int, int] = {}
         self._acks_since = 0.0
         self._watch = False  # a registry watch was asked for (see request_watch)
@@ -449,6 +452,8 @@ class Engine:
         m.nodes.set(len(self.nodes))
         if len(self._delta) > 65536:
             self._delta.clear()
+        if len(self._changes) > 65536:
+            self._changes.clear()
 
     def absorb_external(self, result: store.BatchResult) -> None:
         """A batch applied outside the engine (the REST API's static VTEPs): push it."""
@@ -482,9 +487,7 @@ class Engine:
         if prev is not None and prev[0] == gen - 1:
             self._members[vni] = (gen, (prev[1] - change.removed) | change.added)
         if gen > 1:
-            self._delta[(vni, gen - 1, gen)] = self._delta_parts(
-                vni, gen - 1, gen, change.added, change.removed
-            )
+            self._changes[(vni, gen)] = change
 
     def _adopt(self, p: _Pending, registered: bool) -> None:
         new = p.node
@@ -578,7 +581,18 @@ class Engine:
         if plan.base is not None:
             key = (plan.vni, plan.base, plan.generation)
             if key not in self._delta:
-                self._delta[key] = await self._build_delta(plan.vni, plan.base, plan.generation)
+                own = (
+                    self._changes.pop((plan.vni, plan.generation), None)
+                    if plan.base == plan.generation - 1
+                    else None
+                )
+                self._delta[key] = (
+                    await self._build_delta(plan.vni, plan.base, plan.generation)
+                    if own is None
+                    else self._delta_parts(
+                        plan.vni, plan.base, plan.generation, own.added, own.removed
+                    )
+                )
             cached = self._delta[key]
             if cached is not None:
                 return cached
