@@ -100,6 +100,61 @@ async def test_sighup_reloads_the_token_file(tmp_path: Path) -> None:
     assert "Traceback" not in log.read_text()
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_sequence_jumps_cost_nothing_and_lock_nobody_out(tmp_path: Path) -> None:
+    """Hostile-input findings 1 and 2 on the real daemon, unsigned (the default): two
+    datagrams jumping the sequence by 2**33 and 2**36 took vxsnd from 68 MB to 2.25 GB
+    and made every later datagram of the node a replay."""
+    port = free_port()
+    log = tmp_path / "vxsnd.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "vxsnd", "--listen", f"127.0.0.1:{port}"),
+            *("--db", f"sqlite:///{tmp_path / 'registry.db'}", "--server-id", "jump"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        await wait_until(lambda: b"vxsnd ready" in log.read_bytes(), 20, "vxsnd to start")
+        victim = await Agent.create("victim", ("127.0.0.1", port))
+        victim.register({VNI: ipaddress.IPv4Address("10.0.0.1")})
+        await wait_until(lambda: VNI in victim.members, 10, "the victim's snapshot")
+        before = rss_kib(proc.pid)
+        # the attacker speaks as the victim, with its incarnation (unsigned: anyone can)
+        attacker = await Agent.create("victim", ("127.0.0.1", port))
+        attacker.seq.incarnation = victim.seq.incarnation
+        for jump in (2**33, 2**36):
+            attacker.seq.seq = victim.seq.seq + jump
+            attacker.register({VNI: ipaddress.IPv4Address("10.0.0.66")})
+        await asyncio.sleep(0.5)  # observation window: what the two datagrams cost
+        grown = rss_kib(proc.pid) - before
+        assert grown < 20_000, f"vxsnd grew by {grown} KiB"
+        # the victim carries on with its own sequence and is still heard
+        other = await Agent.create("other", ("127.0.0.1", port))
+        other.register({VNI: ipaddress.IPv4Address("10.0.0.2")})
+        victim.register({VNI: ipaddress.IPv4Address("10.0.0.1"), VNI + 1: victim.vnis[VNI]})
+        await wait_until(lambda: VNI + 1 in victim.members, 10, "the victim's new VNI")
+        await wait_until(
+            lambda: victim.peers(VNI) == {ipaddress.IPv4Address("10.0.0.2")}, 10, "the peer"
+        )
+        for a in (victim, attacker, other):
+            a.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "ahead" in text
+
+
 def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,50 @@ def test_replay_guard_forgets_old_and_bounds_memory() -> None:
     assert len(guard) <= 100
     assert guard.check("late", 1, 1, 20_000, 20.0) is None
     assert len(guard) == 1  # everything older than the window was forgotten
+
+
+def test_replay_guard_far_jump_costs_constant_time_and_memory() -> None:
+    """Finding 1 of the hostile-input issue: a jump of 2**36 took 40 s and 17.5 GB."""
+    guard = ReplayGuard()
+    now = 1000.0
+    ms = int(now * 1000)
+    assert guard.check("a", 1, 1, ms, now) is None
+    started = time.perf_counter()
+    tracemalloc.start()
+    for jump in (2**33, 2**36, 2**62, 2**64 - 2):
+        assert guard.check("a", 1, jump, ms, now) == "ahead"
+    # after a long silence a large (but countable) jump is accepted, still in O(1)
+    assert guard.check("a", 1, 2**31, ms + 3_000_000, now + 3000) is None
+    assert guard.check("a", 1, 2**31 - 1, ms + 3_000_000, now + 3000) is None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 * 1024
+    assert time.perf_counter() - started < 1.0
+
+
+def test_replay_guard_cannot_lock_its_sender_out() -> None:
+    """Finding 2: one datagram far ahead made every later one of that node a replay."""
+    guard = ReplayGuard(window_seconds=60)
+    now, ms = 1000.0, 1_000_000
+    assert guard.check("n", 7, 10, ms, now) is None
+    # a forged datagram that jumps further than the sender could count: refused, no effect
+    assert guard.check("n", 7, 10 + 2**30, ms, now) == "ahead"
+    assert guard.check("n", 7, 11, ms + 1, now) is None
+    # a forged jump within reach, stamped now: the sender's next datagram (stamped
+    # later, lower sequence) proves the top was not its own, and the window restarts
+    assert guard.check("n", 7, 11 + 500_000, ms + 2, now) is None
+    assert guard.check("n", 7, 12, ms + 3, now + 0.001) is None
+    assert guard.check("n", 7, 13, ms + 4, now + 0.002) is None
+    # a true replay (stamped before the top) stays refused
+    assert guard.check("n", 7, 12, ms + 3, now + 0.003) == "replay"
+    assert guard.check("n", 7, 11, ms + 1, now + 0.003) == "replay"
+
+
+def test_replay_guard_bounds_incarnations_per_sender() -> None:
+    guard = ReplayGuard()
+    for inc in range(1000):
+        assert guard.check("n", inc, 1, 0, 0.0) is None
+    assert len(guard) == 4
 
 
 @pytest.mark.parametrize("text", ["0", "16777216", "-1", "abc", "1.5", ""])
