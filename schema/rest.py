@@ -350,6 +350,6 @@ NODE_DETAIL_SCHEMA: Final = _obj(
     {**_NODE_COMMON, "vnis": {"type": "array", "items": NODE_VNI_SCHEMA}}
 )
 HEALTH_SCHEMA: Final = _obj(
-    {"status": {"type": "string", "enum": ["ok", "unavailable"]}, "detail": {"type": "string"}},
+    {"status": {"type": "string", "enum": ["ok", "degraded"]}, "reason": {"type": "string"}},
     ["status"],
 )

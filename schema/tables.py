@@ -1,7 +1,7 @@
 """SQL tables of the service node's registry (what migrations/ targets).
 
-Only `vxsnd.store` issues SQL against these tables; other modules see the
-dataclasses that the store returns. Every schema change goes through an Alembic
+Only `vxsnd.registry` issues SQL against these tables; other modules see the
+records that the registry returns. Every schema change goes through an Alembic
 revision in migrations/versions/ and `alembic check` must stay clean.
 
 All times are float epoch seconds. Addresses are canonical text
@@ -24,6 +24,35 @@ from sqlalchemy import (
     text,
 )
 
+from schema.limits import (
+    ADDRESS_MAX,
+    DESCRIPTION_MAX,
+    NODE_ID_MAX,
+    OP_ADD,
+    OP_DEL,
+    ORIGIN_REGISTERED,
+    ORIGIN_STATIC,
+)
+
+__all__ = [
+    "ADDRESS_MAX",
+    "DESCRIPTION_MAX",
+    "NODE_ID_MAX",
+    "OP_ADD",
+    "OP_DEL",
+    "ORIGIN_REGISTERED",
+    "ORIGIN_STATIC",
+    "VNI_MAX",
+    "VNI_MIN",
+    "changes",
+    "members",
+    "meta",
+    "metadata",
+    "node_vnis",
+    "nodes",
+    "vnis",
+]
+
 # Constraint names are deterministic so that migrations can address them on
 # every backend (and SQLite batch mode can recreate tables faithfully).
 NAMING_CONVENTION: dict[str, str] = {
@@ -38,14 +67,6 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 VNI_MIN = 1
 VNI_MAX = 16_777_215
-NODE_ID_MAX = 64
-ADDRESS_MAX = 45
-DESCRIPTION_MAX = 255
-
-ORIGIN_REGISTERED = "registered"
-ORIGIN_STATIC = "static"
-OP_ADD = "add"
-OP_DEL = "del"
 
 # Registry-wide key/value facts, e.g. `registry_id`.
 meta = Table(

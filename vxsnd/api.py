@@ -175,10 +175,10 @@ async def get_node(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    problem = await _state(request).backend.health()
-    if problem is None:
+    health = await _state(request).backend.health()
+    if health.ok:
         return json_response({"status": "ok"})
-    return json_response({"status": "unavailable", "detail": problem}, status=503)
+    return json_response({"status": "degraded", "reason": health.reason or "unknown"}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,14 +1,10 @@
 """What the REST API does with the registry: reads, static changes, and their JSON.
 
-`Backend` sits between the aiohttp handlers (vxsnd/api.py) and the store. It
-turns requests into `store.Batch` operations, applies them through the same
-path as every other batch, and hands the result to the daemon so the members
-of each changed VNI are pushed:
-
-* when the daemon has `apply_batch(batch, now) -> BatchResult` (its batch path,
-  which also pushes), that is used;
-* otherwise the batch goes to `store.apply(batch, now)` and then, if any VNI
-  changed, to `on_static_change(result)` when the daemon has it.
+`Backend` sits between the aiohttp handlers (vxsnd/api.py) and the registry.
+Reads go to the `Store`. Changes (static VTEPs) become a `registry.Batch`
+and take ONE typed path: the daemon's `apply_batch(batch, now)`, which writes
+the batch like every other one and pushes the members of each changed VNI
+(`RegistryHost` is what the API needs of the daemon).
 
 Static changes are serialised here (one at a time per process) so that the
 counts the API reports (created, added/removed/kept) describe exactly the
@@ -21,20 +17,29 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import exc as sa_exc
 
 from schema import rest
 from schema.rest import Json
 from schema.validate import Address
-from vxsnd import store as st
+from vxsnd import registry as st
 
 log = logging.getLogger("vxsnd.api")
 
 ApplyFn = Callable[[st.Batch, float], Awaitable[st.BatchResult]]
-ChangeFn = Callable[[st.BatchResult], Awaitable[None]]
 _T = TypeVar("_T")
+
+
+@runtime_checkable
+class RegistryHost(Protocol):
+    """What the REST API needs of the daemon: the store, and the batch path that pushes."""
+
+    @property
+    def store(self) -> st.Store: ...
+
+    async def apply_batch(self, batch: st.Batch, now: float) -> st.BatchResult: ...
 
 
 class Unavailable(Exception):
@@ -59,12 +64,20 @@ class Conflict(Exception):
         self.detail = detail
 
 
-_DB_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)
+_DB_DOWN = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    OSError,
+    st.RegistryError,
+)
 
 
 async def _guard(call: Awaitable[_T]) -> _T:
     try:
         return await call
+    except st.RegistryError as exc:
+        raise Unavailable(str(exc)) from exc
     except _DB_DOWN as exc:
         raise Unavailable(f"registry database error: {type(exc).__name__}") from exc
 
@@ -109,22 +122,17 @@ class ReplaceCounts:
 @dataclass
 class Backend:
     store: st.Store
-    apply: ApplyFn
-    on_change: ChangeFn | None = None
+    apply: ApplyFn  # writes the batch and pushes what changed
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def from_daemon(cls, daemon: object) -> Backend:
-        store = getattr(daemon, "store", None)
-        if not isinstance(store, st.Store):
-            raise TypeError("the API needs an object with a `store` (vxsnd.store.Store)")
-        apply_batch: Any = getattr(daemon, "apply_batch", None)
-        if callable(apply_batch):
-            return cls(store, apply_batch)
-        on_change: Any = getattr(daemon, "on_static_change", None)
-        if on_change is None:
-            log.warning("the daemon offers no push hook: static changes reach agents on refresh")
-        return cls(store, store.apply, on_change if callable(on_change) else None)
+        if not isinstance(daemon, RegistryHost):
+            raise TypeError(
+                "the API needs a daemon with a `store` (vxsnd.registry.Store) and "
+                "`apply_batch(batch, now)`"
+            )
+        return cls(daemon.store, daemon.apply_batch)
 
     # ---- reads
 
@@ -146,24 +154,17 @@ class Backend:
             return None
         return NodeDetail(node, await _guard(self.store.node_vnis(node_id)))
 
-    async def health(self) -> str | None:
-        """None when the registry answers, otherwise why not."""
+    async def health(self) -> st.RegistryHealth:
+        """Is the registry usable (answers, still the one opened, writes succeed)?"""
         try:
-            ok = await self.store.health()
+            return await self.store.check()
         except Exception as exc:  # health must answer, whatever the store does
-            return f"registry check failed: {type(exc).__name__}"
-        return None if ok else "the registry database does not answer"
+            return st.RegistryHealth(False, f"registry check failed: {type(exc).__name__}")
 
     # ---- changes
 
     async def _apply(self, batch: st.Batch, now: float) -> st.BatchResult:
-        result = await _guard(self.apply(batch, now))
-        if result.changed and self.on_change is not None:
-            try:
-                await self.on_change(result)
-            except Exception:  # the change is committed; agents heal on their next refresh
-                log.exception("push hook failed after a static change")
-        return result
+        return await _guard(self.apply(batch, now))
 
     async def enrol(self, vtep: rest.StaticVtep, now: float) -> EnrolOutcome:
         address = str(vtep.address)

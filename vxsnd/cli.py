@@ -34,7 +34,8 @@ def db_main(argv: Sequence[str]) -> int:
         except ConfigError as exc:
             print(f"vxsnd: configuration error: {exc}", file=sys.stderr)
             return 2
-    from vxsnd import dbcli, store
+    from vxsnd import dbcli
+    from vxsnd import registry as store
 
     try:
         if ns.action == "upgrade":

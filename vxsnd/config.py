@@ -65,7 +65,7 @@ class ListenAddr:
 
 
 def default_db_url() -> str:
-    from vxsnd.store import default_db_url as store_default
+    from vxsnd.registry import default_db_url as store_default
 
     return store_default()
 

@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 from schema.keys import Keyring, load_key_file
 from schema.wire import Codec
-from vxsnd import store as store_mod
+from vxsnd import registry as store_mod
 from vxsnd.ageing import run_sweeper
 from vxsnd.config import Config
 from vxsnd.engine import Engine, Settings

@@ -2,14 +2,14 @@
 
 Plain functions for vxsnd.cli to call (synchronous: they run their own event
 loop, so call them before the daemon's loop starts). The SQL itself lives in
-vxsnd.store.
+vxsnd.registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from vxsnd.store import current_revision, default_db_url, head_revision, upgrade_schema
+from vxsnd.registry import current_revision, default_db_url, head_revision, upgrade_schema
 
 
 def db_upgrade(url: str | None = None) -> None:

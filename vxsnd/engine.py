@@ -33,7 +33,8 @@ from schema.wire import (
     Sequencer,
     split_membership,
 )
-from vxsnd import push, store
+from vxsnd import push
+from vxsnd import registry as store
 from vxsnd.assemble import Assembler, AssemblyError
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff, InFlight, Plan
@@ -173,7 +174,7 @@ class Engine:
         grace = store.Batch()
         for n in await self.registry.nodes():
             if n.expires_at < now + n.hold_time:
-                grace.refresh(n.node_id, now + n.hold_time)
+                grace.refresh(n.node_id, hold_time=n.hold_time)
         if grace:
             await self.registry.apply(grace, now)
             log.info("restart grace: %d registrations kept for one hold time", len(grace))
@@ -253,7 +254,7 @@ class Engine:
                 if gen > node.applied.get(vni, 0):
                     node.applied[vni] = gen
                     self._batch.ack(node_id, vni, gen)
-            self._batch.refresh(node_id, now + first.hold_time)
+            self._batch.refresh(node_id, hold_time=first.hold_time)
         else:
             node.applied = applied
             self._batch.register(

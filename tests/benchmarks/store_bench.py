@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from vxsnd.store import Batch, Registration, Store
+from vxsnd.registry import Batch, Registration, Store
 
 NODES, VNIS = 2000, 10
 VNI_LIST = range(100, 100 + VNIS)
@@ -91,7 +91,7 @@ async def small(store: Store, counter: Counter, now: float) -> None:
         batch.register(small_reg(SMALL))
         await one("1 unchanged re-registration", batch, now + 0.1)
         batch = Batch()
-        batch.refresh(small_reg(SMALL).node_id, now + 30)
+        batch.refresh(small_reg(SMALL).node_id, hold_time=30)
         await one("1 refresh", batch, now + 0.2)
         batch = Batch()
         batch.register(small_reg(SMALL, {}))
@@ -123,7 +123,7 @@ async def main(url: str) -> None:
         for k in range(3):
             batch = Batch()
             for i in range(1000):
-                batch.refresh(f"node-{i}", 2000.0 + k)
+                batch.refresh(f"node-{i}", hold_time=2000.0 + k)
             await timed("1000 refreshes", store, counter, batch, 1002.0 + k)
         batch = Batch()
         batch.register(

@@ -1,8 +1,9 @@
 """A real REST API server on a real registry, for the API, schemathesis and vxsndctl tests.
 
 `Harness` stands in for the daemon: it has the `store`, a prometheus registry
-under `metrics.registry`, and records every `on_static_change` call (the push
-hook). The server is `vxsnd.api.start_api` on 127.0.0.1 with an ephemeral port.
+under `metrics.registry`, and the daemon's batch path `apply_batch`, recording
+every result that changed a flood list (what the daemon would push). The
+server is `vxsnd.api.start_api` on 127.0.0.1 with an ephemeral port.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from tests.conftest import POSTGRES_URL, require_postgres
-from vxsnd import store as st
+from vxsnd import registry as st
 from vxsnd.api import bound_port, start_api
 
 ADMIN_TOKEN = "admin-" + secrets.token_hex(16)
@@ -38,8 +39,11 @@ class Harness:
     metrics: FakeMetrics = field(default_factory=FakeMetrics)
     changes: list[st.BatchResult] = field(default_factory=list)
 
-    async def on_static_change(self, result: st.BatchResult) -> None:
-        self.changes.append(result)
+    async def apply_batch(self, batch: st.Batch, now: float) -> st.BatchResult:
+        result = await self.store.apply(batch, now)
+        if result.changed:
+            self.changes.append(result)
+        return result
 
 
 def write_tokens(directory: Path) -> Path:

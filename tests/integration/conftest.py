@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.apiharness import sqlite_url
-from vxsnd import store as st
+from vxsnd import registry as st
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests.integration.apiharness import (
 )
 from tests.integration.vxsnd_harness import make_config, running, server_addr
 from vxsnd import api
-from vxsnd import store as st
+from vxsnd import registry as st
 from vxsnd.api import ApiConfigError, build_app, check_bind
 from vxsnd.api_backend import Backend
 from vxsnd.daemon import Daemon
@@ -217,7 +217,7 @@ async def test_enrol_over_registered_pins_it(
         assert [(m.origin, m.node_id) for m in members] == [(st.Origin.REGISTERED, "hv-1")]
 
 
-async def test_apply_batch_hook_is_preferred(
+async def test_changes_take_the_daemons_batch_path(
     store: st.Store, session: aiohttp.ClientSession
 ) -> None:
     seen: list[st.Batch] = []
@@ -234,6 +234,15 @@ async def test_apply_batch_hook_is_preferred(
         status, _ = await call(session, "PUT", f"{base}/v1/vnis/5/vteps/192.0.2.5")
         assert status == 201
     assert len(seen) == 1 and seen[0].static_ops
+
+
+async def test_a_daemon_without_the_batch_path_is_refused(store: st.Store) -> None:
+    class StoreOnly:
+        def __init__(self) -> None:
+            self.store = store
+
+    with pytest.raises(TypeError, match="apply_batch"):
+        await api.start_api(StoreOnly(), "127.0.0.1", 0)
 
 
 # ------------------------------------------------------------------- auth
@@ -423,13 +432,14 @@ async def test_oversized_and_wrong_type_bodies(
 async def test_healthz_503_when_registry_down(
     store: st.Store, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def down() -> bool:
-        return False
+    async def down() -> st.RegistryHealth:
+        return st.RegistryHealth(False, "the registry does not answer")
 
     async with serve(Harness(store)) as base:
-        monkeypatch.setattr(store, "health", down)
+        monkeypatch.setattr(store, "check", down)
         status, data = await call(session, "GET", f"{base}/healthz")
-        assert status == 503 and data["status"] == "unavailable"
+        assert status == 503 and data["status"] == "degraded"
+        assert data["reason"] == "the registry does not answer"
 
 
 # -------------------------------------------------------- OpenAPI in step

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.integration.apiharness import ADMIN_TOKEN, Harness, register, sqlite_url, write_tokens
-from vxsnd import store as st
+from vxsnd import registry as st
 from vxsnd.api import bound_port, start_api
 
 POSITIVE_EXAMPLES = 40

@@ -1,4 +1,4 @@
-"""vxsnd.store against real databases: an SQLite file and PostgreSQL.
+"""vxsnd.registry against real databases: an SQLite file and PostgreSQL.
 
 Every PostgreSQL test gets a fresh database (`vxflood_test_<pid>_<n>`) created
 from an admin connection to the `test` database and dropped afterwards, so
@@ -22,8 +22,7 @@ from sqlalchemy.engine import make_url
 
 from migrations import alembic_config
 from tests.conftest import POSTGRES_URL, require_postgres
-from vxsnd.database import open_database
-from vxsnd.store import (
+from vxsnd.registry import (
     Batch,
     Origin,
     Registration,
@@ -37,6 +36,7 @@ from vxsnd.store import (
     normalize_url,
     upgrade_schema,
 )
+from vxsnd.registry.runner import open_database
 
 _db_numbers = itertools.count()
 
@@ -100,7 +100,7 @@ async def addresses(store: Store, vni: int) -> set[str]:
 
 
 async def run_sync_alembic(url: str, fn: str, target: str) -> None:
-    db = open_database(url)
+    db = open_database(url, create=True)
 
     def run(sync_conn: Connection) -> None:
         cfg = alembic_config(url)
@@ -115,7 +115,7 @@ async def run_sync_alembic(url: str, fn: str, target: str) -> None:
 
 async def execute(url: str, sql: str) -> None:
     """Run one statement on the database at `url` in its own transaction."""
-    db = open_database(url)
+    db = open_database(url, create=True)
     try:
         await db.write(lambda conn: conn.execute(text(sql)))
     finally:
@@ -217,8 +217,8 @@ async def test_join_and_leave_bump_each_vni_once_per_batch(store: Store) -> None
 async def test_refresh_and_identical_registration_change_only_expiry(store: Store) -> None:
     await apply_regs(store, 0.0, reg("a", {100: "10.0.0.1"}), reg("b", {100: "10.0.0.2"}))
     batch = Batch()
-    batch.refresh("a", 500.0)
-    batch.refresh("ghost", 500.0)
+    batch.refresh("a", hold_time=495.0)  # expires at 5 + 495
+    batch.refresh("ghost", hold_time=495.0)
     result = await store.apply(batch, 5.0)
     assert result.changed == {}
     assert result.unknown == {"ghost"}
@@ -247,7 +247,7 @@ async def test_expiry_sweep_and_hold_time_zero(store: Store) -> None:
         reg("c", {300: "10.0.0.3"}, hold=10),
     )
     batch = Batch()
-    batch.refresh("a", 25.0)
+    batch.refresh("a", hold_time=14.0)  # expires at 25
     batch.expire()
     result = await store.apply(batch, 11.0)
     assert result.expired == {"b", "c"}
@@ -352,14 +352,14 @@ async def test_refresh_many_nodes_reports_exactly_the_unknown_ones(store: Store)
     await apply_regs(store, 0.0, *regs)
     batch = Batch()
     for i in range(600):
-        batch.refresh(f"n{i}", 100.0 + i)
+        batch.refresh(f"n{i}", hold_time=99.0 + i)  # expires at 100 + i
     result = await store.apply(batch, 1.0)
     assert result.unknown == set() and result.changed == {}
     batch = Batch()
     for i in range(0, 600, 2):
-        batch.refresh(f"n{i}", 1000.0)
-    batch.refresh("ghost-1", 1000.0)
-    batch.refresh("ghost-2", 1000.0)
+        batch.refresh(f"n{i}", hold_time=998.0)  # expires at 1000
+    batch.refresh("ghost-1", hold_time=998.0)
+    batch.refresh("ghost-2", hold_time=998.0)
     result = await store.apply(batch, 2.0)
     assert result.unknown == {"ghost-1", "ghost-2"}
     expiry = {n.node_id: n.expires_at for n in await store.nodes()}
@@ -443,7 +443,7 @@ async def test_delta_from_any_base_rebuilds_the_snapshot(db_url: str) -> None:
                 elif op < 0.55:
                     batch.withdraw(node)
                 elif op < 0.65:
-                    batch.refresh(node, now + 5)
+                    batch.refresh(node, hold_time=5)
                 elif op < 0.8:
                     batch.enrol_static(
                         StaticVtep(rng.choice(vnis), rng.choice(pool), rng.choice([None, 2.0]))

@@ -21,7 +21,7 @@ from schema.wire import Ack, Codec, Envelope, Register, VniEntry, address
 from tests.integration.agent_sim import Agent, wait_until
 from tests.integration.apiharness import postgres_database
 from tests.integration.vxsnd_harness import make_config, running, server_addr
-from vxsnd import store as store_mod
+from vxsnd import registry as store_mod
 from vxsnd.daemon import Daemon
 
 VNI = 100

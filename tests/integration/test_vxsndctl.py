@@ -19,7 +19,7 @@ from tests.integration.apiharness import (
     serve,
     write_tokens,
 )
-from vxsnd import store as st
+from vxsnd import registry as st
 from vxsnd.ctl import duration, table
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,12 +18,12 @@ from schema.wire import (
     VniEntry,
     split_register,
 )
-from vxsnd import store as st
+from vxsnd import registry as st
 from vxsnd.assemble import Assembler, AssemblyError
 from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
-from vxsnd.store import Store
+from vxsnd.registry import Store
 
 T0 = 1_700_000_000.0
 CODEC = Codec()

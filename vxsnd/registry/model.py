@@ -1,8 +1,13 @@
-"""What one registry transaction writes: a `Batch` of node, ack and static operations.
+"""The registry's write model: what one transaction writes, and what it changed.
 
-Plain data with validation and no SQL: the engine and the REST API build a
-batch, `vxsnd.apply` writes it, `BatchResult` says what changed. Addresses are
-canonical text (`ipaddress` form) from here on.
+Plain data with validation, no SQL (this module imports no SQLAlchemy): the
+protocol engine and the REST API build a `Batch`, `vxsnd.registry.writer`
+writes it, `BatchResult` says what changed. Addresses are canonical text
+(`ipaddress` form) from here on.
+
+Expiry is decided here and only here: `expiry(now, hold_time)` is when a
+registration or a static entry runs out, and `is_expired` is the one rule
+(`expires_at <= now`) that the writer's SQL applies to its columns.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, overload
 
-from schema import tables as t
+from schema.limits import DESCRIPTION_MAX, NODE_ID_MAX
 from schema.validate import check_vni, check_vtep
 
 __all__ = [
@@ -26,11 +31,29 @@ __all__ = [
     "StaticVtep",
     "VniChange",
     "Withdrawal",
+    "expiry",
+    "is_expired",
 ]
 
 _MAX_INCARNATION: Final = 2**63 - 1
 
 Key = tuple[int, str]  # (VNI, canonical VTEP address)
+
+
+@overload
+def expiry(now: float, hold_time: float) -> float: ...
+@overload
+def expiry(now: float, hold_time: None) -> None: ...
+def expiry(now: float, hold_time: float | None) -> float | None:
+    """When something refreshed (or enrolled) at `now` with `hold_time` runs out.
+
+    None (never) for a static entry enrolled without a hold time."""
+    return None if hold_time is None else now + hold_time
+
+
+def is_expired(expires_at: float | None, now: float) -> bool:
+    """The expiry rule; the writer's sweep is the same comparison in SQL."""
+    return expires_at is not None and expires_at <= now
 
 
 def _vtep(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -44,9 +67,16 @@ def _vtep(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def _node_id(node_id: str) -> str:
-    if not node_id or len(node_id) > t.NODE_ID_MAX:
-        raise ValueError(f"node id must be 1..{t.NODE_ID_MAX} characters, got {node_id!r}")
+    if not node_id or len(node_id) > NODE_ID_MAX:
+        raise ValueError(f"node id must be 1..{NODE_ID_MAX} characters, got {node_id!r}")
     return node_id
+
+
+def _hold(hold_time: float) -> float:
+    hold = float(hold_time)
+    if hold != hold or hold in (float("inf"), float("-inf")):
+        raise ValueError(f"hold time must be a finite number, got {hold_time!r}")
+    return hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +108,7 @@ class Registration:
             incarnation=self.incarnation,
             address=str(ipaddress.ip_address(self.address)),
             port=self.port,
-            hold_time=float(self.hold_time),
+            hold_time=_hold(self.hold_time),
             vnis={check_vni(v): _vtep(a) for v, a in self.vnis.items()},
             applied={check_vni(v): int(g) for v, g in self.applied.items()},
         )
@@ -86,10 +116,11 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class Refresh:
-    """A register that changes nothing: only extends the node's expiry (cheap path)."""
+    """A register that changes nothing: the node's expiry moves to `expiry(now, hold_time)`
+    with the `now` of the transaction (cheap path)."""
 
     node_id: str
-    expires_at: float
+    hold_time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +147,17 @@ class StaticVtep:
     description: str | None = None
 
     def canonical(self) -> StaticVtep:
-        if self.description is not None and len(self.description) > t.DESCRIPTION_MAX:
-            raise ValueError(f"description longer than {t.DESCRIPTION_MAX} characters")
-        return StaticVtep(
-            check_vni(self.vni), _vtep(self.address), self.hold_time, self.description
-        )
+        if self.description is not None and len(self.description) > DESCRIPTION_MAX:
+            raise ValueError(f"description longer than {DESCRIPTION_MAX} characters")
+        hold = None if self.hold_time is None else _hold(self.hold_time)
+        return StaticVtep(check_vni(self.vni), _vtep(self.address), hold, self.description)
 
 
 NodeOp = Registration | Refresh | Withdrawal
 
 
 class Batch:
-    """Writes collected for one transaction (see `vxsnd.apply.apply_batch`).
+    """Writes collected for one transaction (see `vxsnd.registry.writer.apply_batch`).
 
     Per node the last operation wins (a register or a withdrawal is the whole
     state of the node), except that a refresh never downgrades a pending
@@ -161,9 +191,10 @@ class Batch:
         reg = registration.canonical()
         self.node_ops[reg.node_id] = reg
 
-    def refresh(self, node_id: str, expires_at: float) -> None:
+    def refresh(self, node_id: str, *, hold_time: float) -> None:
+        """Extend the node's expiry by `hold_time` from the transaction's `now`."""
         if not isinstance(self.node_ops.get(node_id), Registration | Withdrawal):
-            self.node_ops[_node_id(node_id)] = Refresh(node_id, float(expires_at))
+            self.node_ops[_node_id(node_id)] = Refresh(node_id, _hold(hold_time))
 
     def withdraw(self, node_id: str) -> None:
         self.node_ops[_node_id(node_id)] = Withdrawal(node_id)
@@ -185,7 +216,7 @@ class Batch:
         self.static_ops.clear()
 
     def expire(self) -> None:
-        """Also sweep: members with expires_at <= now, nodes whose hold time passed."""
+        """Also sweep: whatever `is_expired` at the transaction's `now` goes."""
         self.sweep = True
 
 
