@@ -142,6 +142,8 @@ class Daemon:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._store = await self._open_store()
+        store = self._store
+        self.metrics.registry_ok.set_function(lambda: 1.0 if store.status.ok else 0.0)
         try:
             self._engine = Engine(
                 self._store,

@@ -54,6 +54,12 @@ class Metrics:
         self.batch_errors = Counter(
             "vxsnd_batch_errors", "Registry write batches that failed", registry=r
         )
+        self.registry_ok = Gauge(
+            "vxsnd_registry_ok",
+            "1 while the registry is usable (answers, is the one opened, takes writes), else 0",
+            registry=r,
+        )
+        self.registry_ok.set(1)
         self.batch_seconds = Histogram(
             "vxsnd_batch_seconds", "Time to apply one batch to the registry", registry=r
         )
