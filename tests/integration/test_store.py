@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -145,6 +146,62 @@ async def test_registry_id_and_state_survive_reopen(db_url: str) -> None:
         assert [n.node_id for n in await s.nodes()] == ["a", "b"]
         # generations continue where they were
         assert await apply_regs(s, 102.0, reg("b", {100: "10.0.0.3"})) == {100: 2}
+
+
+STARTING_TOGETHER = 6
+
+
+async def test_many_instances_start_together_on_an_empty_registry(db_url: str) -> None:
+    """Issue 14: on main one of two vxsnd died creating the schema on PostgreSQL
+    (`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`).
+    Each store here has its own engine and connections, as separate vxsnd would."""
+    results = await asyncio.gather(
+        *(Store.open(db_url) for _ in range(STARTING_TOGETHER)), return_exceptions=True
+    )
+    stores = [r for r in results if isinstance(r, Store)]
+    try:
+        failures = [r for r in results if not isinstance(r, Store)]
+        assert failures == []
+        assert len({s.registry_id for s in stores}) == 1
+        assert sum(s.created for s in stores) == 1  # exactly one start created it
+    finally:
+        for s in stores:
+            await s.close()
+    assert await current_revision(db_url) == (head_revision(),)
+
+
+_OPEN_ONE = """
+import asyncio, sys
+from vxsnd.registry import Store
+
+async def main() -> None:
+    store = await Store.open(sys.argv[1])
+    print(store.registry_id, int(store.created))
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_many_processes_start_together_on_an_empty_registry(db_url: str) -> None:
+    """The same with real processes started at the same moment."""
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _OPEN_ONE,
+            db_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outputs = [await p.communicate() for p in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    answers = [out.decode().split() for out, _ in outputs]
+    assert len({rid for rid, _ in answers}) == 1
+    assert sorted(created for _, created in answers) == ["0", "0", "0", "1"]
 
 
 async def test_outdated_registry_is_refused_until_upgraded(db_url: str) -> None:
