@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from migrations import alembic_config
 from tests.conftest import POSTGRES_URL, require_postgres
+from vxsnd import registry as st
 from vxsnd.registry import (
     Batch,
     Origin,
@@ -570,3 +571,31 @@ async def test_two_processes_writing_one_sqlite_file_wait_for_each_other(
     finally:
         await one.close()
         await two.close()
+
+
+# --------------------------------------------------------------------------- identity
+
+
+async def drop_registry(url: str) -> None:
+    """What `DROP` of every table does to a registry under a running vxsnd."""
+    await run_sync_alembic(url, "downgrade", "base")
+    await execute(url, "DROP TABLE alembic_version")
+
+
+async def test_a_recreated_registry_is_adopted_and_reported(db_url: str) -> None:
+    changes: list[st.IdentityChange] = []
+    async with await Store.open(db_url) as store:
+        store.on_identity_change(changes.append)
+        first = store.registry_id
+        await apply_regs(store, 1.0, reg("a", {100: "10.0.0.1"}))
+        await drop_registry(db_url)
+        with pytest.raises(st.RegistryLost, match="tables are gone"):
+            await apply_regs(store, 2.0, reg("a", {100: "10.0.0.1"}))
+        assert not store.status.ok and not (await store.check()).ok
+        async with await Store.open(db_url) as other:  # another vxsnd recreates it
+            assert other.created
+            second = other.registry_id
+        assert await apply_regs(store, 3.0, reg("b", {200: "10.0.0.2"})) == {200: 1}
+        assert store.registry_id == second != first and store.identity_epoch == 1
+        assert [(c.old_id, c.new_id) for c in changes] == [(first, second)]
+        assert store.status.ok  # `created` stays what this start found
