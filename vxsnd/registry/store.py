@@ -85,10 +85,13 @@ def _open_tx(conn: Connection, url: str, create: bool) -> tuple[str, bool]:
     return registry_id, created or new_id
 
 
+_READ_ID: Final = "SELECT value FROM meta WHERE key = 'registry_id'"
+
+
 def _identity(conn: Connection, expected: str) -> None:
     """Is the registry on `conn` still the one with id `expected`? (runs first in a write)"""
-    try:
-        found = read_registry_id(conn)
+    try:  # on every write: the driver's SQL straight, no statement to compile
+        found = conn.exec_driver_sql(_READ_ID).scalar_one_or_none()
     except sa_exc.DBAPIError as exc:  # no meta table: someone emptied the database
         raise RegistryLost(f"the registry's tables are gone ({describe(exc)})") from None
     if found is None:
