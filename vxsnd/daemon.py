@@ -181,6 +181,7 @@ class Daemon:
         timers = [sweeper]
         if self.cfg.registry_poll > 0:
             timers.append(asyncio.create_task(run_watch(self.engine, self.cfg.registry_poll)))
+        timers.append(asyncio.create_task(self.store.follow_changes(self.engine.request_watch)))
         installed = []
         for sig, handler in (
             (signal.SIGTERM, self._stop.set),

@@ -19,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
-from vxsnd.registry import reads
+from vxsnd.registry import notify, reads
 from vxsnd.registry.errors import (
     RegistryError,
     RegistryLost,
@@ -101,9 +103,12 @@ def _identity(conn: Connection, expected: str) -> None:
 
 
 def _checked_apply(
-    conn: Connection, batch: Batch, now: float, log_depth: int, expected: str
+    conn: Connection, batch: Batch, now: float, log_depth: int, expected: str, token: str
 ) -> BatchResult:
-    return apply_batch(conn, batch, now, log_depth, check=lambda c: _identity(c, expected))
+    result = apply_batch(conn, batch, now, log_depth, check=lambda c: _identity(c, expected))
+    if result.changed:
+        notify.notify(conn, expected, token)
+    return result
 
 
 def _reason(exc: Exception, what: str) -> str:
@@ -170,6 +175,7 @@ class Store:
         self.created: Final = created
         self.identity_epoch = 0  # +1 each time the registry changed identity under us
         self._write_failed = False
+        self._token = secrets.token_hex(8)  # names this store's own change notifications
 
     @classmethod
     async def open(
@@ -225,6 +231,15 @@ class Store:
         """Call `listener` (synchronously, on the loop) whenever the registry is adopted anew."""
         self._listeners.append(listener)
 
+    async def follow_changes(self, wake: Callable[[], None]) -> None:
+        """Run until cancelled: `wake()` whenever another vxsnd changed a flood list.
+
+        PostgreSQL LISTEN/NOTIFY (`vxsnd.registry.notify`); returns at once on
+        SQLite, where the registry poll is the only way."""
+        if make_url(self._url).get_backend_name() == "sqlite":
+            return
+        await notify.follow(self._url, lambda: self._registry_id, self._token, wake)
+
     # ---- identity
 
     async def _adopt(self, reason: str) -> None:
@@ -256,7 +271,9 @@ class Store:
                 log.exception("registry identity listener failed")
 
     async def _write_once(self, batch: Batch, now: float) -> BatchResult:
-        return await self._db.write(_checked_apply, batch, now, self._log_depth, self._registry_id)
+        return await self._db.write(
+            _checked_apply, batch, now, self._log_depth, self._registry_id, self._token
+        )
 
     # ---- writes
 
