@@ -228,3 +228,25 @@ async def test_daemon_read_only_registry(tmp_path: Path) -> None:
             assert daemon.metrics.value("vxsnd_registry_ok") == 0
         await wait_health(session, base, 200)  # the sweeper's next transaction succeeds
         assert daemon.metrics.value("vxsnd_registry_ok") == 1
+
+
+async def test_a_file_replaced_by_garbage_is_refused_until_a_registry_is_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    async with await st.Store.open(sqlite_url(other_dir)) as other:
+        other_id = other.registry_id
+    async with await st.Store.open(sqlite_url(tmp_path)) as store:
+        await store.apply(static_batch(100, "192.0.2.1"), 1.0)
+        garbage = tmp_path / "garbage"
+        garbage.write_bytes(b"not a registry\n" * 100)
+        os.replace(garbage, path)
+        with pytest.raises(st.RegistryError, match="not a database"):
+            await store.apply(static_batch(100, "192.0.2.2"), 2.0)
+        assert not store.status.ok and not (await store.check()).ok
+        os.replace(other_dir / "registry.db", path)
+        await store.apply(static_batch(300, "192.0.2.3"), 3.0)
+        assert store.status.ok and store.registry_id == other_id
+        assert [v.vni for v in await store.vnis()] == [300]

@@ -147,13 +147,17 @@ async def _open_db(url: str, create: bool) -> tuple[Database, str, bool]:
 
 
 class _Closed(Database):
-    """Stands in while a replaced registry file is being reopened (or could not be)."""
+    """Stands in while a replaced registry file is reopened, or when that failed: every
+    write tries to reopen it again (the file may be usable by then)."""
 
     async def write(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        raise RegistryLost("the registry is being reopened after it was replaced")
+        raise FileReplaced("the registry file was replaced and could not be reopened yet")
 
     async def read(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        raise RegistryLost("the registry is being reopened after it was replaced")
+        raise RegistryLost("the registry file was replaced and could not be reopened yet")
+
+    def check_file(self) -> None:
+        raise FileReplaced("the registry file was replaced and could not be reopened yet")
 
     async def dispose(self) -> None:
         pass
