@@ -143,6 +143,15 @@ def test_an_unreadable_registry_at_start_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr, done.stderr
         failing = [line for line in lines if "registry" in line and str(path) in line]
         assert len(failing) == 1, done.stderr
+        for action in ("current", "upgrade"):
+            db = subprocess.run(
+                [sys.executable, "-m", "vxsnd", "db", action, "--db", f"sqlite:///{path}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert db.returncode == 1 and "Traceback" not in db.stderr, db.stderr
+            assert len(db.stderr.strip().splitlines()) == 1, db.stderr
     assert garbage.read_bytes().startswith(b"this is not")  # left as it was
 
 

@@ -14,7 +14,9 @@ runner's BEGIN IMMEDIATE takes.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from typing import Final
 
 from alembic import command
@@ -22,10 +24,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, insert, inspect, select, text
+from sqlalchemy import exc as sa_exc
 
 from migrations import alembic_config
 from schema import tables as t
-from vxsnd.registry.errors import RegistryMissing, SchemaOutdated, SchemaUnknown
+from vxsnd.registry.errors import (
+    RegistryMissing,
+    RegistryUnreadable,
+    SchemaOutdated,
+    SchemaUnknown,
+)
+from vxsnd.registry.health import describe
 from vxsnd.registry.runner import normalize_url, open_database, safe_url, sqlite_path
 
 __all__ = [
@@ -147,11 +156,23 @@ def ensure_registry_id(conn: Connection) -> tuple[str, bool]:
 async def upgrade_schema(url: str) -> None:
     """Bring the registry at `url` to the head revision (creates it if empty)."""
     url = normalize_url(url)
-    db = open_database(url, create=True)
+    with _unreadable(url):
+        db = open_database(url, create=True)
+        try:
+            await db.write(_upgrade, url)
+        finally:
+            await db.dispose()
+
+
+@contextlib.contextmanager
+def _unreadable(url: str) -> Iterator[None]:
+    """A database that cannot be opened or read at all is one `RegistryUnreadable` line."""
     try:
-        await db.write(_upgrade, url)
-    finally:
-        await db.dispose()
+        yield
+    except (sa_exc.DBAPIError, OSError) as exc:
+        raise RegistryUnreadable(
+            f"cannot read the registry {safe_url(url)}: {describe(exc)}"
+        ) from None
 
 
 def _upgrade(conn: Connection, url: str) -> None:
@@ -166,8 +187,9 @@ async def current_revision(url: str) -> tuple[str, ...]:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return ()  # do not create a file just to look at it
-    db = open_database(url)
-    try:
-        return await db.read(_heads)
-    finally:
-        await db.dispose()
+    with _unreadable(url):
+        db = open_database(url)
+        try:
+            return await db.read(_heads)
+        finally:
+            await db.dispose()
