@@ -1,24 +1,33 @@
-"""`vxrd` entry point: configuration, logging, one event loop, clean shutdown.
+"""`vxrd` entry point: configuration, logging, and vxrd's services on the shared
+lifecycle (vxflood.lifecycle).
 
-SIGTERM and SIGINT set one stop event; the agent stops its tasks, the status
-socket and metrics endpoint close, the kernel sockets close, and the flood
-entries stay (fail-static) unless --flush-on-exit is set. Exit status 0.
-SIGHUP re-reads the key file (a key rotation needs no restart).
+Services, entered in this order and exited in reverse:
+
+1. the agent: kernel sockets open, clients started, devices discovered and the
+   first kernel dump done (readiness waits for it); closed last;
+2. the status socket for vxrdctl;
+3. the metrics endpoint, when configured;
+
+then the agent's own loop runs supervised until the stop Event (SIGTERM,
+SIGINT, `vxrdctl leave`). The flood entries stay (fail-static) unless
+--flush-on-exit is set. SIGHUP re-reads the key file.
+
+Exit status: 0 after a clean stop, 2 for a configuration error, 1 when vxrd
+cannot start or fails; every start-up failure is one line naming what failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from aiohttp import web
-
-from schema.keys import KeyFileError, Keyring, load_key_file
-from schema.options import setup_logging
-from schema.wire import Codec
+from schema.keys import Keyring
+from vxflood.keys import key_reloader, load_keys
+from vxflood.lifecycle import EXIT_CONFIG, EXIT_RUNTIME, Lifecycle, StartupError, os_reason
+from vxflood.logs import setup_logging
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
 from vxrd.kernel import Kernel
@@ -28,30 +37,8 @@ from vxrd.status import start_status, stop_status
 log = logging.getLogger("vxrd")
 
 
-def load_keyring(config: Config) -> Keyring | None:
-    return None if config.key_file is None else load_key_file(config.key_file, log)
-
-
-def reload_keys(agent: Agent, config: Config) -> bool:
-    """Re-read the key file (SIGHUP); a file that cannot be used is logged and the keys
-    in force stay, so a typo during a rotation never cuts the agent off."""
-    if config.key_file is None:
-        log.info("SIGHUP: no key file configured, nothing to reload")
-        return True
-    try:
-        keyring = load_keyring(config)
-    except (KeyFileError, OSError) as exc:
-        log.error("reload failed, keeping the keys in force: %s", exc)
-        return False
-    assert keyring is not None
-    agent.set_codec(Codec(keyring))
-    log.info(
-        "keys reloaded from %s: %d key(s), signing with %s",
-        config.key_file,
-        len(keyring),
-        keyring.signing.key_id,
-    )
-    return True
+def _no_key_file() -> None:
+    log.info("SIGHUP: no key file configured, nothing to reload")
 
 
 async def serve(
@@ -60,44 +47,73 @@ async def serve(
     keyring: Keyring | None = None,
     stop: asyncio.Event | None = None,
     signals: bool = True,
+    last: bool = False,
 ) -> Agent:
     """Run the daemon until SIGTERM/SIGINT (or `stop`); return the finished agent."""
     metrics = Metrics()
     agent = Agent(config, kernel or Kernel(), keyring, metrics)
-    loop = asyncio.get_running_loop()
-    if signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, agent.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_keys, agent, config)
-    watcher = None
-    if stop is not None:
-        watcher = loop.create_task(_forward(stop, agent.stop))
-    await agent.open()
-    runners: list[web.AppRunner] = []
-    try:
-        status = await start_status(agent, config.status_socket)
-        if config.metrics is not None:
-            runners.append(await start_http(metrics, *config.metrics))
-        log.info(
-            "vxrd %s started: %d server(s), %d device(s) managed, status on %s",
-            config.node_id,
-            len(agent.clients),
-            len(agent.serving),
-            config.status_socket,
-        )
+    life = Lifecycle("vxrd", drain_timeout=60.0, stop=agent.stop, signals=signals, last=last)
+    if config.key_file is not None:
+        life.reloaders.append(key_reloader(config.key_file, agent.set_codec, log))
+    else:
+        life.reloaders.append(_no_key_file)
+
+    @asynccontextmanager
+    async def agent_service(life: Lifecycle) -> AsyncIterator[None]:
         try:
-            await agent.run()
+            await agent.open()
+        except OSError as exc:
+            raise StartupError(f"cannot open the kernel interface: {exc}") from None
+        try:
+            yield
         finally:
-            await stop_status(status, config.status_socket)
-    finally:
-        for r in runners:
-            await r.cleanup()
-        await agent.close()
-        if watcher is not None:
-            watcher.cancel()
-        if signals:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            await agent.close()
+
+    @asynccontextmanager
+    async def status_service(life: Lifecycle) -> AsyncIterator[None]:
+        path = config.status_socket
+        try:
+            runner = await start_status(agent, path)
+        except OSError as exc:
+            reason = os_reason(exc)
+            raise StartupError(f"cannot listen on {path} (status socket): {reason}") from None
+        try:
+            yield
+        finally:
+            await stop_status(runner, path)
+
+    @asynccontextmanager
+    async def metrics_service(life: Lifecycle) -> AsyncIterator[None]:
+        if config.metrics is None:
+            yield
+            return
+        host, port = config.metrics
+        try:
+            runner = await start_http(metrics, host, port)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            reason = os_reason(exc)
+            raise StartupError(f"cannot listen on {where} (metrics): {reason}") from None
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    @asynccontextmanager
+    async def agent_loop(life: Lifecycle) -> AsyncIterator[None]:
+        # ends by itself once the stop Event is set (after flushing, if configured)
+        life.spawn(agent.run(), "vxrd-agent", finish=True)
+        if stop is not None:
+            life.spawn(_forward(stop, agent.stop), "vxrd-stop")
+        yield
+
+    def status() -> str:
+        return (
+            f"node {config.node_id}: {len(agent.clients)} server(s), "
+            f"{len(agent.serving)} device(s) managed, status on {config.status_socket}"
+        )
+
+    await life.run([agent_service, status_service, metrics_service, agent_loop], status)
     log.info("vxrd stopped (%s)", "left" if agent.left else "flood entries kept")
     return agent
 
@@ -111,17 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(argv)
     except ConfigError as exc:
-        print(f"vxrd: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.log_level)
+        print(f"vxrd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_level, config.log_format)
     try:
-        keyring = load_keyring(config)
-    except KeyFileError as exc:
-        print(f"vxrd: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(config, keyring=keyring))
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
+        keyring = load_keys(config.key_file, log)
+        asyncio.run(serve(config, keyring=keyring, last=True))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return exc.code
+    except Exception as exc:  # a supervised task failed (logged with its traceback)
+        log.error("stopped on an error: %s", exc)
+        return EXIT_RUNTIME
     return 0

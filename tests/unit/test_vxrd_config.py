@@ -97,7 +97,7 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_help_shows_every_default() -> None:
     text = build_parser().format_help()
     for action in build_parser()._actions:
-        if action.dest in ("help", "config"):
+        if action.dest in ("help", "config", "version"):
             continue
         assert action.help and "default" in action.help, action.dest
     assert "/run/vxrd/vxrd.sock" in text
