@@ -5,12 +5,15 @@
     vxsndctl enrol 100 192.0.2.7 [--hold-time S] [--description TEXT]
     vxsndctl remove 100 192.0.2.7
     vxsndctl import static.txt         replace every static VTEP ('-' reads stdin)
+    vxsndctl export [static.txt]       write every static VTEP in the import format
     vxsndctl nodes                     registered agents
     vxsndctl node hv-12                one agent, per-VNI applied generation
 
-Tables for people, `--json` for scripts (the API's JSON, unchanged). Any
-failure exits non-zero with one line on stderr: 1 for a refusal by the API,
-2 for a usage or local file error, 3 when the API cannot be reached.
+Tables for people, `--json` for scripts (the API's JSON, unchanged). The
+global flags (--api, --token, --json ...) go before or after the command. Any
+failure exits non-zero with one line on stderr; the exit codes are the ones
+vxrdctl uses too (vxflood.commands): 1 refused by the API, 2 usage or local
+file error, 3 the API cannot be reached.
 """
 
 from __future__ import annotations
@@ -29,12 +32,24 @@ import aiohttp
 from yarl import URL
 
 from schema.rest import PayloadError, parse_static_file, static_vtep_json
+from vxflood.commands import (
+    CTL_EXIT_CODES,
+    CTL_REFUSED,
+    CTL_UNREACHABLE,
+    CTL_USAGE,
+    GlobalFlags,
+    add_version,
+)
+from vxflood.hostport import format_host_port
+from vxflood.tables import ago, duration, table, until
 
 PROG: Final = "vxsndctl"
 DEFAULT_API: Final = "http://127.0.0.1:10080"
-EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
+EXIT_REFUSED: Final = CTL_REFUSED
+EXIT_USAGE: Final = CTL_USAGE
+EXIT_UNREACHABLE: Final = CTL_UNREACHABLE
+
+__all__ = ["Client", "CtlError", "build_parser", "duration", "main", "run", "table"]
 
 
 class CtlError(Exception):
@@ -109,54 +124,14 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
     return (err.strerror or str(err) or "connection failed").lower()
 
 
-# ------------------------------------------------------------------- output
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "-"
-    return f"{duration(now - ts)} ago" if ts <= now else f"in {duration(ts - now)}"
-
-
-def until(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    return f"in {duration(ts - now)}" if ts > now else "expired"
-
-
-def duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 # ------------------------------------------------------------------ commands
 
 
 async def run(args: argparse.Namespace, client: Client) -> str:
     now = time.time()
     cmd = args.command
+    if cmd == "export":
+        return await export_static(client, now)
     if cmd == "vnis":
         data = await client.request("GET", ["v1", "vnis"])
         if args.json:
@@ -255,6 +230,39 @@ async def run(args: argparse.Namespace, client: Client) -> str:
     raise CtlError(f"unknown command {cmd!r}", EXIT_USAGE)  # pragma: no cover
 
 
+async def export_static(client: Client, now: float) -> str:
+    """Every static VTEP as `vxsndctl import` reads it back: a backup of what the
+    operator enrolled (agents' registrations are soft state and come back by themselves)."""
+    listing = await client.request("GET", ["v1", "vnis"])
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    lines = [
+        f"# static VTEPs of {client.api}, exported by vxsndctl at {stamp}",
+        "# restore: vxsndctl import FILE (replaces every static VTEP with this list)",
+    ]
+    for entry in listing["vnis"]:
+        if not entry["static"]:
+            continue
+        data = await client.request("GET", ["v1", "vnis", str(entry["vni"])])
+        for m in data["members"]:
+            if m["origin"] == "static":
+                lines += _export_line(data["vni"], m, now)
+    return "\n".join(lines)
+
+
+def _export_line(vni: int, member: dict[str, Any], now: float) -> list[str]:
+    address, description = member["address"], member["description"] or ""
+    if "#" in description or description != description.strip():
+        raise CtlError(
+            f"cannot export VNI {vni} {address}: its description {description!r} has a '#' "
+            "or outer spaces, which the import format cannot carry (nothing was written)"
+        )
+    out = []
+    if member["expires_at"] is not None:
+        out.append(f"# expires {until(member['expires_at'], now)}; import enrols it without expiry")
+    out.append(f"{vni} {address} {description}".rstrip())
+    return out
+
+
 def _sync(applied: int, current: int | None) -> str:
     if current is None:
         return "-"
@@ -262,7 +270,7 @@ def _sync(applied: int, current: int | None) -> str:
 
 
 def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(host, port)
 
 
 def _json(data: object) -> str:
@@ -310,49 +318,68 @@ def resolve_token(args: argparse.Namespace) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Query and change the vxflood registry through vxsnd's REST API.",
-        epilog="Exit status: 0 ok, 1 refused by the API, 2 usage or local file error, "
-        "3 API unreachable.",
+        description="Query and change the vxflood registry through vxsnd's REST API. "
+        "Global options may come before or after the command.",
+        epilog=CTL_EXIT_CODES,
     )
-    p.add_argument(
+    add_version(p)
+    flags = GlobalFlags()
+    flags.add(
+        p,
         "--api",
         metavar="URL",
         default=os.environ.get("VXSND_API", DEFAULT_API),
         help=f"vxsnd's REST API (default: $VXSND_API or {DEFAULT_API})",
     )
-    p.add_argument("--token", metavar="TOKEN", help="bearer token (default: $VXSND_TOKEN)")
-    p.add_argument(
+    flags.add(p, "--token", metavar="TOKEN", help="bearer token (default: $VXSND_TOKEN)")
+    flags.add(
+        p,
         "--token-file",
         metavar="FILE",
         help="file whose first field holds the bearer token (e.g. a line of vxsnd's token file)",
     )
-    p.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
-    p.add_argument(
-        "--timeout", type=float, default=10.0, metavar="S", help="request timeout (default: 10)"
+    flags.add(p, "--json", action="store_true", help="print the API's JSON instead of tables")
+    flags.add(
+        p, "--timeout", type=float, default=10.0, metavar="S", help="request timeout (default: 10)"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("vnis", help="list VNIs")
-    s = sub.add_parser("vni", help="show one VNI's members")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return flags.copy_to(sub.add_parser(name, help=help, epilog=CTL_EXIT_CODES))
+
+    command("vnis", "list VNIs")
+    s = command("vni", "show one VNI's members")
     s.add_argument("vni")
-    s = sub.add_parser("enrol", help="enrol (or update) a static VTEP")
+    s = command("enrol", "enrol (or update) a static VTEP")
     s.add_argument("vni")
     s.add_argument("address")
     s.add_argument(
         "--hold-time", type=int, metavar="S", help="expire after S seconds (default: never)"
     )
     s.add_argument("--description", metavar="TEXT", help="free text shown in listings")
-    s = sub.add_parser("remove", help="remove a static VTEP")
+    s = command("remove", "remove a static VTEP")
     s.add_argument("vni")
     s.add_argument("address")
-    s = sub.add_parser(
-        "import",
-        help="replace all static VTEPs with FILE (lines 'VNI ADDRESS [description]')",
-    )
+    s = command("import", "replace all static VTEPs with FILE (lines 'VNI ADDRESS [description]')")
     s.add_argument("file", help="file to read, '-' for stdin")
-    sub.add_parser("nodes", help="list registered agents")
-    s = sub.add_parser("node", help="show one agent")
+    s = command("export", "write every static VTEP in the format 'import' reads")
+    s.add_argument("file", nargs="?", default="-", help="file to write (default: '-', stdout)")
+    command("nodes", "list registered agents")
+    s = command("node", "show one agent")
     s.add_argument("node")
     return p
+
+
+def write_output(name: str, text: str) -> None:
+    """The export file is written whole or not at all (a temporary file renamed)."""
+    path = Path(name)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CtlError(f"cannot write {name}: {exc.strerror or exc}", EXIT_USAGE) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = Client(args.api, resolve_token(args), args.timeout)
         output = asyncio.run(run(args, client))
+        if args.command == "export" and args.file != "-":
+            write_output(args.file, output)
+            output = f"exported the static VTEPs to {args.file}"
     except CtlError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code
