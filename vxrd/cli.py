@@ -25,8 +25,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from schema.keys import Keyring
+from vxflood.hostport import format_host_port
 from vxflood.keys import key_reloader, load_keys
-from vxflood.lifecycle import EXIT_CONFIG, EXIT_RUNTIME, Lifecycle, StartupError, os_reason
+from vxflood.lifecycle import (
+    EXIT_CONFIG,
+    EXIT_RUNTIME,
+    Lifecycle,
+    Service,
+    StartupError,
+    os_reason,
+)
 from vxflood.logs import setup_logging
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
@@ -39,6 +47,76 @@ log = logging.getLogger("vxrd")
 
 def _no_key_file() -> None:
     log.info("SIGHUP: no key file configured, nothing to reload")
+
+
+class Services:
+    """vxrd's services on the lifecycle, in the order they are entered."""
+
+    def __init__(
+        self, config: Config, agent: Agent, metrics: Metrics, stop: asyncio.Event | None
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.metrics = metrics
+        self.stop = stop
+
+    def all(self) -> list[Service]:
+        return [self.kernel, self.status_socket, self.metrics_endpoint, self.agent_loop]
+
+    @asynccontextmanager
+    async def kernel(self, life: Lifecycle) -> AsyncIterator[None]:
+        """The agent opened: kernel sockets, clients, discovery, the first dump."""
+        try:
+            await self.agent.open()
+        except OSError as exc:
+            raise StartupError(f"cannot open the kernel interface: {exc}") from None
+        try:
+            yield
+        finally:
+            await self.agent.close()
+
+    @asynccontextmanager
+    async def status_socket(self, life: Lifecycle) -> AsyncIterator[None]:
+        path = self.config.status_socket
+        try:
+            runner = await start_status(self.agent, path)
+        except OSError as exc:
+            reason = os_reason(exc)
+            raise StartupError(f"cannot listen on {path} (status socket): {reason}") from None
+        try:
+            yield
+        finally:
+            await stop_status(runner, path)
+
+    @asynccontextmanager
+    async def metrics_endpoint(self, life: Lifecycle) -> AsyncIterator[None]:
+        if self.config.metrics is None:
+            yield
+            return
+        host, port = self.config.metrics
+        try:
+            runner = await start_http(self.metrics, host, port)
+        except OSError as exc:
+            where = format_host_port(host, port)
+            raise StartupError(f"cannot listen on {where} (metrics): {os_reason(exc)}") from None
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    @asynccontextmanager
+    async def agent_loop(self, life: Lifecycle) -> AsyncIterator[None]:
+        # ends by itself once the stop Event is set (after flushing, if configured)
+        life.spawn(self.agent.run(), "vxrd-agent", finish=True)
+        if self.stop is not None:
+            life.spawn(_forward(self.stop, self.agent.stop), "vxrd-stop")
+        yield
+
+    def status(self) -> str:
+        return (
+            f"node {self.config.node_id}: {len(self.agent.clients)} server(s), "
+            f"{len(self.agent.serving)} device(s) managed, status on {self.config.status_socket}"
+        )
 
 
 async def serve(
@@ -57,63 +135,8 @@ async def serve(
         life.reloaders.append(key_reloader(config.key_file, agent.set_codec, log))
     else:
         life.reloaders.append(_no_key_file)
-
-    @asynccontextmanager
-    async def agent_service(life: Lifecycle) -> AsyncIterator[None]:
-        try:
-            await agent.open()
-        except OSError as exc:
-            raise StartupError(f"cannot open the kernel interface: {exc}") from None
-        try:
-            yield
-        finally:
-            await agent.close()
-
-    @asynccontextmanager
-    async def status_service(life: Lifecycle) -> AsyncIterator[None]:
-        path = config.status_socket
-        try:
-            runner = await start_status(agent, path)
-        except OSError as exc:
-            reason = os_reason(exc)
-            raise StartupError(f"cannot listen on {path} (status socket): {reason}") from None
-        try:
-            yield
-        finally:
-            await stop_status(runner, path)
-
-    @asynccontextmanager
-    async def metrics_service(life: Lifecycle) -> AsyncIterator[None]:
-        if config.metrics is None:
-            yield
-            return
-        host, port = config.metrics
-        try:
-            runner = await start_http(metrics, host, port)
-        except OSError as exc:
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            reason = os_reason(exc)
-            raise StartupError(f"cannot listen on {where} (metrics): {reason}") from None
-        try:
-            yield
-        finally:
-            await runner.cleanup()
-
-    @asynccontextmanager
-    async def agent_loop(life: Lifecycle) -> AsyncIterator[None]:
-        # ends by itself once the stop Event is set (after flushing, if configured)
-        life.spawn(agent.run(), "vxrd-agent", finish=True)
-        if stop is not None:
-            life.spawn(_forward(stop, agent.stop), "vxrd-stop")
-        yield
-
-    def status() -> str:
-        return (
-            f"node {config.node_id}: {len(agent.clients)} server(s), "
-            f"{len(agent.serving)} device(s) managed, status on {config.status_socket}"
-        )
-
-    await life.run([agent_service, status_service, metrics_service, agent_loop], status)
+    services = Services(config, agent, metrics, stop)
+    await life.run(services.all(), services.status)
     log.info("vxrd stopped (%s)", "left" if agent.left else "flood entries kept")
     return agent
 

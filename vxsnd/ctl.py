@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -127,107 +127,134 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
 # ------------------------------------------------------------------ commands
 
 
+async def _vnis(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("GET", ["v1", "vnis"])
+    if args.json:
+        return _json(data)
+    rows = [(v["vni"], v["generation"], v["members"], v["static"]) for v in data["vnis"]]
+    return table(["VNI", "GENERATION", "MEMBERS", "STATIC"], rows) if rows else "no VNIs"
+
+
+async def _vni(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("GET", ["v1", "vnis", args.vni])
+    if args.json:
+        return _json(data)
+    rows = [
+        (m["address"], m["origin"], m["node"], until(m["expires_at"], now), m["description"])
+        for m in data["members"]
+    ]
+    head = f"VNI {data['vni']}  generation {data['generation']}  members {len(rows)}"
+    if not rows:
+        return head
+    return head + "\n" + table(["ADDRESS", "ORIGIN", "NODE", "EXPIRES", "DESCRIPTION"], rows)
+
+
+async def _enrol(args: argparse.Namespace, client: Client, now: float) -> str:
+    body: dict[str, object] = {}
+    if args.hold_time is not None:
+        body["hold_time"] = args.hold_time
+    if args.description is not None:
+        body["description"] = args.description
+    data = await client.request("PUT", ["v1", "vnis", args.vni, "vteps", args.address], body)
+    if args.json:
+        return _json(data)
+    verb = "enrolled" if data["created"] else "updated"
+    member = data["member"]
+    return (
+        f"{verb} static VTEP {member['address']} in VNI {data['vni']} "
+        f"(generation {data['generation']}, expires {until(member['expires_at'], now)})"
+    )
+
+
+async def _remove(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("DELETE", ["v1", "vnis", args.vni, "vteps", args.address])
+    if args.json:
+        return _json(data)
+    return (
+        f"removed static VTEP {data['address']} from VNI {data['vni']} "
+        f"(generation {data['generation']})"
+    )
+
+
+async def _import(args: argparse.Namespace, client: Client, now: float) -> str:
+    vteps = read_import(args.file)
+    payload = {"vteps": [static_vtep_json(v) for v in vteps]}
+    data = await client.request("PUT", ["v1", "static"], payload)
+    if args.json:
+        return _json(data)
+    return (
+        f"static VTEPs replaced from {args.file}: {len(vteps)} listed, "
+        f"{data['added']} added, {data['removed']} removed, {data['kept']} kept"
+    )
+
+
+async def _export(args: argparse.Namespace, client: Client, now: float) -> str:
+    return await export_static(client, now)
+
+
+async def _nodes(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("GET", ["v1", "nodes"])
+    if args.json:
+        return _json(data)
+    rows = [
+        (
+            n["id"],
+            _hostport(n["address"], n["port"]),
+            f"{n['hold_time']:g}s",
+            ago(n["last_seen"], now),
+            until(n["expires_at"], now),
+        )
+        for n in data["nodes"]
+    ]
+    if not rows:
+        return "no agents registered"
+    return table(["NODE", "ADDRESS", "HOLD", "LAST SEEN", "EXPIRES"], rows)
+
+
+async def _node(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("GET", ["v1", "nodes", args.node])
+    if args.json:
+        return _json(data)
+    lines = [
+        f"node         {data['id']}",
+        f"address      {_hostport(data['address'], data['port'])}",
+        f"incarnation  {data['incarnation']:#x}",
+        f"hold time    {data['hold_time']:g} s",
+        f"last seen    {ago(data['last_seen'], now)}",
+        f"expires      {until(data['expires_at'], now)}",
+    ]
+    rows = [
+        (
+            v["vni"],
+            v["local_address"],
+            v["applied_generation"],
+            v["generation"],
+            _sync(v["applied_generation"], v["generation"]),
+        )
+        for v in data["vnis"]
+    ]
+    if rows:
+        lines += ["", table(["VNI", "LOCAL ADDRESS", "APPLIED", "CURRENT", "STATE"], rows)]
+    return "\n".join(lines)
+
+
+COMMANDS: Final[dict[str, Callable[[argparse.Namespace, Client, float], Awaitable[str]]]] = {
+    "vnis": _vnis,
+    "vni": _vni,
+    "enrol": _enrol,
+    "remove": _remove,
+    "import": _import,
+    "export": _export,
+    "nodes": _nodes,
+    "node": _node,
+}
+
+
 async def run(args: argparse.Namespace, client: Client) -> str:
-    now = time.time()
-    cmd = args.command
-    if cmd == "export":
-        return await export_static(client, now)
-    if cmd == "vnis":
-        data = await client.request("GET", ["v1", "vnis"])
-        if args.json:
-            return _json(data)
-        rows: list[tuple[object, ...]] = [
-            (v["vni"], v["generation"], v["members"], v["static"]) for v in data["vnis"]
-        ]
-        return table(["VNI", "GENERATION", "MEMBERS", "STATIC"], rows) if rows else "no VNIs"
-    if cmd == "vni":
-        data = await client.request("GET", ["v1", "vnis", args.vni])
-        if args.json:
-            return _json(data)
-        rows = [
-            (m["address"], m["origin"], m["node"], until(m["expires_at"], now), m["description"])
-            for m in data["members"]
-        ]
-        head = f"VNI {data['vni']}  generation {data['generation']}  members {len(rows)}"
-        if not rows:
-            return head
-        return head + "\n" + table(["ADDRESS", "ORIGIN", "NODE", "EXPIRES", "DESCRIPTION"], rows)
-    if cmd == "enrol":
-        body: dict[str, object] = {}
-        if args.hold_time is not None:
-            body["hold_time"] = args.hold_time
-        if args.description is not None:
-            body["description"] = args.description
-        data = await client.request("PUT", ["v1", "vnis", args.vni, "vteps", args.address], body)
-        if args.json:
-            return _json(data)
-        verb = "enrolled" if data["created"] else "updated"
-        member = data["member"]
-        return (
-            f"{verb} static VTEP {member['address']} in VNI {data['vni']} "
-            f"(generation {data['generation']}, expires {until(member['expires_at'], now)})"
-        )
-    if cmd == "remove":
-        data = await client.request("DELETE", ["v1", "vnis", args.vni, "vteps", args.address])
-        if args.json:
-            return _json(data)
-        return (
-            f"removed static VTEP {data['address']} from VNI {data['vni']} "
-            f"(generation {data['generation']})"
-        )
-    if cmd == "import":
-        vteps = read_import(args.file)
-        payload = {"vteps": [static_vtep_json(v) for v in vteps]}
-        data = await client.request("PUT", ["v1", "static"], payload)
-        if args.json:
-            return _json(data)
-        return (
-            f"static VTEPs replaced from {args.file}: {len(vteps)} listed, "
-            f"{data['added']} added, {data['removed']} removed, {data['kept']} kept"
-        )
-    if cmd == "nodes":
-        data = await client.request("GET", ["v1", "nodes"])
-        if args.json:
-            return _json(data)
-        rows = [
-            (
-                n["id"],
-                _hostport(n["address"], n["port"]),
-                f"{n['hold_time']:g}s",
-                ago(n["last_seen"], now),
-                until(n["expires_at"], now),
-            )
-            for n in data["nodes"]
-        ]
-        if not rows:
-            return "no agents registered"
-        return table(["NODE", "ADDRESS", "HOLD", "LAST SEEN", "EXPIRES"], rows)
-    if cmd == "node":
-        data = await client.request("GET", ["v1", "nodes", args.node])
-        if args.json:
-            return _json(data)
-        lines = [
-            f"node         {data['id']}",
-            f"address      {_hostport(data['address'], data['port'])}",
-            f"incarnation  {data['incarnation']:#x}",
-            f"hold time    {data['hold_time']:g} s",
-            f"last seen    {ago(data['last_seen'], now)}",
-            f"expires      {until(data['expires_at'], now)}",
-        ]
-        rows = [
-            (
-                v["vni"],
-                v["local_address"],
-                v["applied_generation"],
-                v["generation"],
-                _sync(v["applied_generation"], v["generation"]),
-            )
-            for v in data["vnis"]
-        ]
-        if rows:
-            lines += ["", table(["VNI", "LOCAL ADDRESS", "APPLIED", "CURRENT", "STATE"], rows)]
-        return "\n".join(lines)
-    raise CtlError(f"unknown command {cmd!r}", EXIT_USAGE)  # pragma: no cover
+    command = COMMANDS.get(args.command)
+    if command is None:  # pragma: no cover (argparse refuses unknown commands)
+        raise CtlError(f"unknown command {args.command!r}", EXIT_USAGE)
+    return await command(args, client, time.time())
 
 
 async def export_static(client: Client, now: float) -> str:
