@@ -325,3 +325,13 @@ def test_ifupdown2_example_passes_the_syntax_check() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_license_is_an_spdx_expression_with_its_text_shipped() -> None:
+    """PEP 639: a `license` table is deprecated (setuptools warned on every build)."""
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text

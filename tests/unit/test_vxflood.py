@@ -328,3 +328,19 @@ def test_global_flags_before_and_after_the_command() -> None:
     assert p.parse_args(["--api", "x", "vni", "7"]).api == "x"
     assert p.parse_args(["vni", "7", "--api", "y"]).api == "y"
     assert p.parse_args(["vni", "7"]).json is False
+
+
+async def test_watchdog_pings_come_from_the_loop(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000", "WATCHDOG_PID": str(os.getpid())}
+    life = Lifecycle("t", signals=False, notifier=Notifier(env))
+    run = asyncio.create_task(life.run([]))
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    assert (await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)).startswith(b"READY=1")
+    pings = 0
+    while pings < 3:  # every 10 ms (half of WatchdogSec)
+        assert await asyncio.wait_for(loop.sock_recv(sock, 4096), 5) == b"WATCHDOG=1"
+        pings += 1
+    life.stop()
+    await asyncio.wait_for(run, 5)
