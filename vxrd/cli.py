@@ -68,8 +68,9 @@ class Services:
         """The agent opened: kernel sockets, clients, discovery, the first dump."""
         try:
             await self.agent.open()
-        except OSError as exc:
-            raise StartupError(f"cannot open the kernel interface: {exc}") from None
+        except Exception as exc:  # OSError, pyroute2's NetlinkError (not an OSError)
+            log.debug("opening the kernel interface failed", exc_info=True)
+            raise StartupError(f"cannot open the kernel interface (netlink): {exc}") from None
         try:
             yield
         finally:
@@ -81,7 +82,7 @@ class Services:
         try:
             runner = await start_status(self.agent, path)
         except OSError as exc:
-            reason = os_reason(exc)
+            reason = exc.strerror or os_reason(exc)  # "... (is another vxrd running?)"
             raise StartupError(f"cannot listen on {path} (status socket): {reason}") from None
         try:
             yield
