@@ -81,8 +81,8 @@ class Lifecycle:
         self.drain_timeout = drain_timeout
         self.stop_event = asyncio.Event() if stop is None else stop
         self.signals = signals
-        # the process ends with this run: signals arriving after it stay blocked, so
-        # a late SIGTERM cannot turn a clean stop into exit 143
+        # the process ends with this run: signals arriving after it are ignored, so a
+        # late SIGTERM cannot turn a clean stop into exit 143
         self.last = last
         self.notifier = Notifier() if notifier is None else notifier
         self.reloaders: list[Callable[[], object]] = []
@@ -90,7 +90,7 @@ class Lifecycle:
         self.ready = asyncio.Event()
         self.stopping = False
         self._tg: asyncio.TaskGroup | None = None
-        self._pending: list[Coroutine[Any, Any, object]] = []
+        self._ignored = 0  # signals ignored during this shutdown
         self._cancel_at_stop: list[asyncio.Task[None]] = []
         self._finish_at_stop: list[asyncio.Task[None]] = []
 
@@ -99,7 +99,11 @@ class Lifecycle:
     def stop(self) -> None:
         """What SIGTERM and SIGINT do: begin the shutdown, once."""
         if self.stopping:
-            self.log.warning("%s is already stopping: signal ignored until it is done", self.name)
+            self._ignored += 1
+            if self._ignored == 1:  # once: a signal storm must not become a log storm
+                self.log.warning(
+                    "%s is already stopping: signals ignored until it is done", self.name
+                )
             return
         self.stop_event.set()
 
@@ -174,7 +178,8 @@ class Lifecycle:
         self.ready.set()
         text = status()
         self.log.info("%s ready: %s", self.name, text)
-        self.notifier.ready(text)
+        if not self.stop_event.is_set():  # asked to stop during start-up: never ready
+            self.notifier.ready(text)
         watchdog = self.notifier.watchdog_interval
         if watchdog is not None:
             self.spawn(_watchdog(self.notifier, watchdog), f"{self.name}-watchdog")

@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.code
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return 0
     except Exception as exc:  # a supervised task failed (logged with its traceback)
         log.error("stopped on an error: %s", exc)
         return EXIT_RUNTIME
