@@ -28,7 +28,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from schema.keys import Keyring
 from schema.wire import Codec
 from vxflood.keys import key_reloader
-from vxflood.lifecycle import Lifecycle, StartupError, os_reason
+from vxflood.lifecycle import Lifecycle, StartupError, TaskEnded, os_reason
 from vxflood.logs import mask_url, redact
 from vxsnd import store as store_mod
 from vxsnd.ageing import run_sweeper
@@ -154,12 +154,14 @@ class Daemon:
         await bind(server, cfg)
         # the server starts its own receiver and committer: watch them like our own
         for task in server._tasks:
-            life.spawn(_watch(task), task.get_name())
+            life.spawn(_watch(task, life.stop_event), task.get_name())
         life.drains.append(self._drain)
         try:
             yield
         finally:
             server.close_endpoints()
+            for task in server._tasks:  # done after a drain; still running if one failed
+                task.cancel()
 
     async def _drain(self) -> None:
         self.server.close_endpoints()
@@ -179,10 +181,16 @@ def _bind(
     return lambda _life: service(daemon)
 
 
-async def _watch(task: asyncio.Task[None]) -> None:
-    """Supervise a task someone else created: its failure is ours; cancelling us
-    leaves it to its owner (the server cancels its tasks in its drain)."""
-    await asyncio.shield(task)
+async def _watch(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Supervise a task someone else created: its failure, or its cancellation by
+    anyone but its owner's drain, is ours; cancelling the watcher leaves the task to
+    its owner (the server cancels its tasks in its drain)."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled() and not stop.is_set():  # the task itself went, unasked
+            raise TaskEnded(f"task {task.get_name()} was cancelled") from None
+        raise
 
 
 async def open_registry(url: str) -> store_mod.Store:

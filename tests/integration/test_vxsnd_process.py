@@ -25,6 +25,9 @@ import aiohttp
 import pytest
 
 from tests.integration.agent_sim import Agent, wait_until
+from tests.integration.vxsnd_harness import make_config
+from vxflood.lifecycle import TaskEnded
+from vxsnd.daemon import Daemon
 
 VNI = 4242
 
@@ -434,3 +437,16 @@ def test_registry_written_by_a_newer_vxsnd(tmp_path: Path) -> None:
         assert "run `vxsnd db upgrade`" not in out
     with sqlite3.connect(path) as conn:  # the refused upgrade changed nothing
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999",)]
+
+
+async def test_the_servers_own_tasks_are_supervised(tmp_path: Path) -> None:
+    """Issue 8: the UDP server's tasks ran unsupervised; one that ends now ends vxsnd
+    (with the registry closed), instead of a daemon that no longer reads its socket."""
+    cfg = make_config(f"sqlite:///{tmp_path / 'registry.db'}", api=None)
+    daemon = Daemon(cfg, signals=False)
+    run = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.started.wait(), 15)
+    daemon.server._tasks[0].cancel()
+    with pytest.raises(TaskEnded, match="vxsnd-receiver"):
+        await asyncio.wait_for(run, 15)
+    assert sorted(os.listdir(tmp_path)) == ["registry.db"]  # closed: no -wal, no -shm
