@@ -7,9 +7,15 @@ BIN    := $(VENV)/bin
 
 all: test
 
-$(BIN)/.installed: pyproject.toml
+# The daemons and their libraries only: all that `make demo` needs.
+$(BIN)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Plus the test and lint toolchain (pytest, hypothesis, schemathesis, ruff, mypy).
+$(BIN)/.installed: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -41,8 +47,9 @@ check: lint typecheck
 bench: venv
 	$(BIN)/python -m tests.benchmarks.run_all
 
-demo: venv
+demo:
 	@if [ "$$(id -u)" != "0" ]; then echo "make demo builds network namespaces and needs root: run it as root (sudo make demo)"; exit 1; fi
+	@$(MAKE) --no-print-directory $(BIN)/.base
 	$(BIN)/python contrib/lab/demo.py
 
 clean:

@@ -10,7 +10,6 @@ module declares vxrd's options and its address parsers.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -21,6 +20,9 @@ from schema import options as opt
 from schema.options import LOG_LEVELS, ConfigError
 from schema.validate import Address, InvalidValue, parse_vtep
 from schema.wire import MAX_HOLD_TIME
+from vxflood.commands import add_version
+from vxflood.hostport import HostPort, parse_host_port
+from vxflood.logs import parse_log_format
 
 DEFAULT_SERVER_PORT = 10001
 DEFAULT_STATUS_SOCKET = "/run/vxrd/vxrd.sock"
@@ -44,14 +46,10 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class ServerAddr:
+class ServerAddr(HostPort):
     """One service node: a host (IP literal or name) and a UDP port."""
 
-    host: str
     port: int = DEFAULT_SERVER_PORT
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +66,7 @@ class Config:
     reconcile_interval: float = 30.0
     flush_on_exit: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def refresh_interval(self) -> float:
@@ -78,22 +77,8 @@ class Config:
 
 
 def _host_port(text: str, default_port: int | None, what: str) -> tuple[str, int]:
-    """ADDR, ADDR:PORT, [V6ADDR]:PORT or a bare IPv6 address."""
-    text = text.strip()
-    if not text:
-        raise ValueError(f"{what} must not be empty")
-    # host is a name, an IPv4 address or an IPv6 address
-    host, port = opt.split_host_port(text, default_port, 1)
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    elif not host:
-        raise ValueError(f"{text!r}: missing address")
-    if port is None:
-        raise ValueError(f"{text!r}: {what} needs ADDR:PORT")
-    return host, port
+    """ADDR, ADDR:PORT, [V6ADDR]:PORT or a bare IPv6 address; ADDR may be a name."""
+    return parse_host_port(text, default_port, what, names=True, min_port=1)
 
 
 def parse_server(text: str) -> ServerAddr:
@@ -196,6 +181,14 @@ TABLE = opt.OptionTable(
         opt.Option(
             "log_level", opt.parse_log_level, "LEVEL", f"one of {', '.join(LOG_LEVELS)}", "INFO"
         ),
+        opt.Option(
+            "log_format",
+            parse_log_format,
+            "FORMAT",
+            "text (one line per record; with sd-daemon priority prefixes when stderr is "
+            "the journal) or json (one object per line, for log shippers)",
+            "text",
+        ),
     )
 )
 OPTIONS = TABLE.options
@@ -208,14 +201,17 @@ def load_file(path: Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return TABLE.build_parser(
+    parser = TABLE.build_parser(
         "vxrd",
         description="vxflood host agent: registers this host's VXLAN devices with the "
         "service node(s) and programs the flood lists they send into the kernel.",
         epilog="Every option can also be set in the TOML file given by --config "
         '(snake_case keys, e.g. hold_time = 90, servers = ["10.0.0.1"]); '
-        "flags override the file. SIGHUP re-reads key_file.",
+        "flags override the file. SIGHUP re-reads key_file. Exit status: 0 after a "
+        "clean stop, 1 when vxrd cannot start or fails, 2 for a configuration error.",
     )
+    add_version(parser)
+    return parser
 
 
 def load(argv: Sequence[str] | None = None) -> Config:

@@ -2,8 +2,10 @@
 
     vxrdctl [--socket PATH] [--json] status | devices | peers [VNI] | leave
 
-Tables for people, the API's JSON with --json. Any failure is one line on
-stderr and a non-zero exit (1: vxrd unreachable or failed; 2: usage).
+Tables for people, the API's JSON with --json; the global flags go before or
+after the command. Any failure is one line on stderr and the exit codes
+vxsndctl uses too (vxflood.commands): 1 vxrd refused or failed the request,
+2 usage error, 3 vxrd cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,11 +20,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from schema.validate import InvalidValue, parse_vni
+from vxflood.commands import (
+    CTL_EXIT_CODES,
+    CTL_REFUSED,
+    CTL_UNREACHABLE,
+    CTL_USAGE,
+    GlobalFlags,
+    add_version,
+)
+from vxflood.tables import duration, since, table
 from vxrd.config import DEFAULT_STATUS_SOCKET
 
 
 class CtlError(Exception):
-    """One line explaining why vxrdctl failed."""
+    """One line explaining why vxrdctl failed; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = CTL_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -50,9 +65,11 @@ def request(path: str, method: str, url: str, timeout: float = 30.0) -> Any:
             body = resp.read()
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise CtlError(f"cannot reach vxrd at {path}: {reason} (is vxrd running?)") from None
+            raise CtlError(
+                f"cannot reach vxrd at {path}: {reason} (is vxrd running?)", CTL_UNREACHABLE
+            ) from None
         except http.client.HTTPException as exc:
-            raise CtlError(f"bad answer from vxrd at {path}: {exc!r}") from None
+            raise CtlError(f"bad answer from vxrd at {path}: {exc!r}", CTL_UNREACHABLE) from None
     finally:
         conn.close()
     try:
@@ -65,29 +82,10 @@ def request(path: str, method: str, url: str, timeout: float = 30.0) -> Any:
     return data
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
-
-
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 120:
-        return f"{seconds:.1f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
 def show_status(data: dict[str, Any]) -> str:
     dev = data.get("devices", {})
     head = (
-        f"node {data['node_id']}  up {_duration(data['uptime'])}  "
+        f"node {data['node_id']}  up {duration(data['uptime'])}  "
         f"devices {dev.get('managed', 0)} managed of {dev.get('total', 0)}"
         + ("  LEAVING" if data.get("leaving") else "")
     )
@@ -95,21 +93,13 @@ def show_status(data: dict[str, Any]) -> str:
         (
             s["server"],
             s.get("registry"),
-            _ago(s.get("seconds_since_contact")),
+            since(s.get("seconds_since_contact")),
             s.get("vnis", 0),
             sum(s.get("dropped", {}).values()),
         )
         for s in data.get("servers", [])
     ]
-    return head + "\n\n" + _table(("SERVER", "REGISTRY", "LAST CONTACT", "VNIS", "DROPPED"), rows)
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return (f"{d}d" if d else "") + (f"{h}h" if h or d else "") + f"{m}m{s}s"
+    return head + "\n\n" + table(("SERVER", "REGISTRY", "LAST CONTACT", "VNIS", "DROPPED"), rows)
 
 
 def show_devices(data: list[dict[str, Any]]) -> str:
@@ -125,7 +115,7 @@ def show_devices(data: list[dict[str, Any]]) -> str:
         )
         for d in data
     ]
-    return _table(("DEVICE", "VNI", "LOCAL", "PORT", "LINK", "FLOOD", "STATE"), rows)
+    return table(("DEVICE", "VNI", "LOCAL", "PORT", "LINK", "FLOOD", "STATE"), rows)
 
 
 def show_peers(data: list[dict[str, Any]]) -> str:
@@ -144,23 +134,35 @@ def show_peers(data: list[dict[str, Any]]) -> str:
                 gens,
             )
         )
-    return _table(("VNI", "DEVICES", "MEMBERS", "FLOOD LIST", "SERVER@GENERATION"), rows)
+    return table(("VNI", "DEVICES", "MEMBERS", "FLOOD LIST", "SERVER@GENERATION"), rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vxrdctl", description="Query and control the local vxrd.")
-    p.add_argument(
+    p = argparse.ArgumentParser(
+        prog="vxrdctl",
+        description="Query and control the local vxrd. Global options may come before "
+        "or after the command.",
+        epilog=CTL_EXIT_CODES,
+    )
+    add_version(p)
+    flags = GlobalFlags()
+    flags.add(
+        p,
         "--socket",
         default=DEFAULT_STATUS_SOCKET,
         help=f"vxrd status socket (default: {DEFAULT_STATUS_SOCKET})",
     )
-    p.add_argument("--json", action="store_true", help="print the API's JSON (default: tables)")
+    flags.add(p, "--json", action="store_true", help="print the API's JSON (default: tables)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="node id, uptime, servers and last contact")
-    sub.add_parser("devices", help="VXLAN devices and what vxrd does with each")
-    peers = sub.add_parser("peers", help="members and flood list per VNI")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return flags.copy_to(sub.add_parser(name, help=help, epilog=CTL_EXIT_CODES))
+
+    command("status", "node id, uptime, servers and last contact")
+    command("devices", "VXLAN devices and what vxrd does with each")
+    peers = command("peers", "members and flood list per VNI")
     peers.add_argument("vni", nargs="?", help="only this VNI")
-    sub.add_parser("leave", help="withdraw from every server, flush the flood lists, stop vxrd")
+    command("leave", "withdraw from every server, flush the flood lists, stop vxrd")
     return p
 
 
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> str:
             try:
                 url += f"?vni={parse_vni(args.vni)}"
             except InvalidValue as exc:
-                raise CtlError(str(exc)) from None
+                raise CtlError(str(exc), CTL_USAGE) from None
         data = request(sock, "GET", url)
         return json.dumps(data, indent=2) if args.json else show_peers(data)
     started = time.monotonic()
@@ -198,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = run(args)
     except CtlError as exc:
         print(f"vxrdctl: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     print(out)
     return 0
 

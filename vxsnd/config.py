@@ -11,12 +11,14 @@ module declares vxsnd's options and its address parsers.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from schema.options import (
     LOG_LEVELS,
@@ -29,12 +31,15 @@ from schema.options import (
     parse_path,
     parse_sender_id,
     parse_str,
-    split_host_port,
 )
 from schema.wire import DEFAULT_BUDGET, MAX_DATAGRAM, MAX_HOLD_TIME
+from vxflood.commands import add_version
+from vxflood.hostport import HostPort, parse_host_port
+from vxflood.logs import mask_url, parse_log_format
 
 DEFAULT_PORT = 10001
 DEFAULT_API_PORT = 10080
+DB_BACKENDS = ("sqlite", "postgresql", "postgres")
 MIN_BUDGET = 256
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "ListenAddr",
     "Option",
     "build_parser",
+    "check_db_url",
     "default_db_url",
     "from_values",
     "load",
@@ -56,12 +62,8 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class ListenAddr:
-    host: str  # an IP literal ("::" listens on every IPv4 and IPv6 address)
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+class ListenAddr(HostPort):
+    """An IP literal and a port ("::" listens on every IPv4 and IPv6 address)."""
 
 
 def default_db_url() -> str:
@@ -87,6 +89,7 @@ class Config:
     drain_timeout: float = 5.0
     server_id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
+    log_format: str = "text"
     api: ListenAddr | None = ListenAddr("127.0.0.1", DEFAULT_API_PORT)
     token_file: Path | None = None
 
@@ -96,14 +99,7 @@ class Config:
 
 def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> ListenAddr:
     """ADDR, ADDR:PORT, [V6ADDR], [V6ADDR]:PORT or a bare IPv6 literal."""
-    text = text.strip()
-    host, port = split_host_port(text, default_port)
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: {host!r} is not an IPv4 or IPv6 address") from None
-    assert port is not None
-    return ListenAddr(str(addr), port)
+    return ListenAddr(*parse_host_port(text, default_port, "address"))
 
 
 def _listen(value: object) -> tuple[ListenAddr, ...]:
@@ -123,11 +119,26 @@ def _api(value: object) -> ListenAddr | None:
     return parse_listen(text, DEFAULT_API_PORT)
 
 
-def _db(value: object) -> str:
-    text = parse_str(value).strip()
+def check_db_url(text: str) -> str:
+    """A registry URL this vxsnd can open (SQLite or PostgreSQL); errors mask the password."""
+    text = text.strip()
+    shown = mask_url(text)
     if "://" not in text:
-        raise ValueError(f"must be an SQLAlchemy URL like sqlite:///PATH, got {text!r}")
+        raise ValueError(f"must be an SQLAlchemy URL like sqlite:///PATH, got {shown!r}")
+    try:
+        backend = make_url(text).get_backend_name()
+    except ArgumentError:
+        raise ValueError(f"{shown!r} is not a database URL") from None
+    if backend not in DB_BACKENDS:
+        raise ValueError(
+            f"{shown!r}: unsupported database {backend!r} "
+            "(use sqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE)"
+        )
     return text
+
+
+def _db(value: object) -> str:
+    return check_db_url(parse_str(value))
 
 
 TABLE = OptionTable(
@@ -233,6 +244,14 @@ TABLE = OptionTable(
         Option("server_id", parse_sender_id, "ID", "sender id in pushed datagrams", "the hostname"),
         Option("log_level", parse_log_level, "LEVEL", f"one of {', '.join(LOG_LEVELS)}", "INFO"),
         Option(
+            "log_format",
+            parse_log_format,
+            "FORMAT",
+            "text (one line per record; with sd-daemon priority prefixes when stderr is "
+            "the journal) or json (one object per line, for log shippers)",
+            "text",
+        ),
+        Option(
             "api",
             _api,
             "ADDR[:PORT]|off",
@@ -260,15 +279,19 @@ def load_file(path: Path) -> dict[str, Any]:
 
 
 def build_parser(prog: str = "vxsnd") -> argparse.ArgumentParser:
-    return TABLE.build_parser(
+    parser = TABLE.build_parser(
         prog,
         description="vxflood service node: keeps the VNI -> VTEP registry and pushes "
         "flood lists to the agents (vxrd). 'vxsnd db upgrade|current' manages the "
         "registry schema.",
         epilog="Every option can also be set in the TOML file given by --config "
         '(snake_case keys, e.g. max_hold_time = 600, listen = ["[::]:10001"]); flags '
-        "override the file. SIGHUP re-reads key_file and token_file.",
+        "override the file. SIGHUP re-reads key_file and token_file. Exit status: 0 "
+        "after a clean stop, 1 when vxsnd cannot start or fails, 2 for a configuration "
+        "error.",
     )
+    add_version(parser)
+    return parser
 
 
 def load(argv: Sequence[str] | None = None) -> Config:

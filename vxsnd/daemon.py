@@ -1,31 +1,35 @@
-"""The service node process: one event loop, one registry, UDP, timers.
+"""The service node process: vxsnd's services on the shared lifecycle (vxflood.lifecycle).
 
-Start: open the registry (refuse an outdated schema with the command to run),
-load generations, bind the UDP sockets, start the sweeper, the registry watch
-(vxsnd.watch) and any extra services. Stop (SIGTERM/SIGINT, or the injectable
-`shutdown_trigger`): close the UDP sockets first, then finish the batch in
-flight under `drain_timeout`, then stop the extra services, then close the
-registry.
+Services, entered in this order and exited in reverse:
 
-Extension hook: `Daemon.services` takes factories `(daemon) -> async context
-manager`; each is entered once the registry and engine exist (after the UDP
-sockets are bound) and exited after the UDP side has drained. The REST API
-plugs in there and reaches `daemon.store`, `daemon.engine` and
-`daemon.metrics`.
+1. the registry: opened (an outdated schema is refused with the command to
+   run, a newer one as "written by a newer vxsnd"), closed last of all;
+2. the protocol engine and the UDP endpoint: every socket bound (`cannot
+   listen on ADDR: reason` otherwise); its receiver and committer tasks are
+   supervised; at stop the sockets close first and the batch in flight is
+   finished within `drain_timeout`;
+3. the timers: expiry sweep and registry watch, supervised;
+4. extra services (`Daemon.services`, factories `(daemon) -> async context
+   manager`): the REST API plugs in here and reaches `daemon.store`,
+   `daemon.engine`, `daemon.metrics` and `daemon.reloaders`.
+
+Then systemd hears READY=1. SIGHUP re-reads the key file (and whatever the
+extra services added to `reloaders`, e.g. the API's token file).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from schema.keys import Keyring, load_key_file
+from schema.keys import Keyring
 from schema.wire import Codec
+from vxflood.keys import key_reloader
+from vxflood.lifecycle import Lifecycle, StartupError, TaskEnded, os_reason
+from vxflood.logs import mask_url, redact
 from vxsnd import registry as store_mod
 from vxsnd.ageing import run_sweeper
 from vxsnd.config import Config
@@ -39,9 +43,7 @@ log = logging.getLogger("vxsnd")
 
 Service = Callable[["Daemon"], AbstractAsyncContextManager[object]]
 
-
-class StartupError(RuntimeError):
-    """vxsnd cannot start; the message says why (and what to run)."""
+__all__ = ["Daemon", "Service", "StartupError", "run"]
 
 
 class Daemon:
@@ -50,21 +52,21 @@ class Daemon:
         cfg: Config,
         *,
         keyring: Keyring | None = None,
-        shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+        signals: bool = True,
+        last: bool = False,
     ) -> None:
         self.cfg = cfg
         self.keyring = keyring
         self.metrics = Metrics()
         self.services: list[Service] = []
+        self.life = Lifecycle("vxsnd", drain_timeout=cfg.drain_timeout, signals=signals, last=last)
         # what SIGHUP re-reads (the key file; the API adds its token file); each raises
         # on a bad file, which leaves what it had in force
-        self.reloaders: list[Callable[[], None]] = []
-        self._trigger = shutdown_trigger
-        self._stop: asyncio.Event | None = None
+        self.reloaders = self.life.reloaders
+        self.started = self.life.ready
         self._store: store_mod.Store | None = None
         self._engine: Engine | None = None
         self._server: Server | None = None
-        self.started = asyncio.Event()
 
     @property
     def store(self) -> store_mod.Store:
@@ -97,134 +99,129 @@ class Daemon:
 
     def stop(self) -> None:
         """Ask the daemon to shut down (what SIGTERM does)."""
-        if self._stop is not None:
-            self._stop.set()
+        self.life.stop()
 
     def reload(self) -> bool:
-        """Re-read the key and token files (what SIGHUP does); True when all took.
-
-        A file that cannot be used is logged and changes nothing: the daemon goes on
-        with what it had, so a typo during a key rotation never stops the service."""
-        ok = True
-        for reloader in self.reloaders:
-            try:
-                reloader()
-            except Exception as exc:
-                ok = False
-                log.error("reload failed, keeping the previous configuration: %s", exc)
-        return ok
-
-    def _reload_keys(self) -> None:
-        assert self.cfg.key_file is not None
-        keyring = load_key_file(self.cfg.key_file, log)
-        self.engine.set_codec(Codec(keyring))
-        log.info(
-            "keys reloaded from %s: %d key(s), signing with %s",
-            self.cfg.key_file,
-            len(keyring),
-            keyring.signing.key_id,
-        )
-
-    async def _open_store(self) -> store_mod.Store:
-        try:
-            return await store_mod.Store.open(self.cfg.db)
-        except store_mod.SchemaOutdated as exc:
-            raise StartupError(
-                f"{exc} -- run 'vxsnd db upgrade --db {self.cfg.db}' first"
-            ) from None
-        except store_mod.SchemaError as exc:
-            raise StartupError(str(exc)) from None
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot open the registry {self.cfg.db}: {exc}") from None
+        """Re-read the key and token files (what SIGHUP does); True when all took."""
+        return self.life.reload()
 
     async def run(self) -> None:
-        cfg = self.cfg
-        self._stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        self._store = await self._open_store()
-        store = self._store
+        """Serve until stopped; raises StartupError when a service cannot start."""
+        extra = [_bind(service, self) for service in self.services]
+        services = [self._registry, self._udp, self._timers, *extra]
+        try:
+            await self.life.run(services, self._status)
+        finally:
+            if self.life.ready.is_set():
+                log.info("stopped")
+
+    def _status(self) -> str:
+        listening = ", ".join(str(a) for a in self.cfg.listen)
+        return f"registry {self.store.registry_id}, listening on {listening}"
+
+    # ---------------------------------------------------------------- services
+
+    @asynccontextmanager
+    async def _registry(self, life: Lifecycle) -> AsyncIterator[None]:
+        self._store = store = await open_registry(self.cfg.db)
         self.metrics.registry_ok.set_function(lambda: 1.0 if store.status.ok else 0.0)
         try:
-            self._engine = Engine(
-                self._store,
-                Codec(self.keyring),
-                Settings(
-                    server_id=cfg.server_id,
-                    hold_time_max=cfg.max_hold_time,
-                    budget=cfg.budget,
-                    replay_window=cfg.replay_window,
-                    retransmit=Backoff(cfg.retransmit_initial, cfg.retransmit_max),
-                ),
-                self.metrics,
-                time.time,
-            )
-            await self._engine.start()
-            if cfg.key_file is not None and self.keyring is not None:
-                self.reloaders.append(self._reload_keys)
-            self._server = Server(
-                self._engine, self.metrics, cfg.queue_size, cfg.batch_window / 1000.0
-            )
-            try:
-                await self._server.start(cfg.listen)
-            except OSError as exc:
-                self._server.close_endpoints()
-                raise StartupError(f"cannot listen: {exc}") from None
-            await self._serve(loop)
+            yield
         finally:
             await self._store.close()
-            log.info("stopped")
 
-    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._stop is not None
-        server = self.server
-        sweeper = asyncio.create_task(run_sweeper(self.engine, self.cfg.sweep_interval))
-        timers = [sweeper]
-        if self.cfg.registry_poll > 0:
-            timers.append(asyncio.create_task(run_watch(self.engine, self.cfg.registry_poll)))
-        timers.append(asyncio.create_task(self.store.follow_changes(self.engine.request_watch)))
-        installed = []
-        for sig, handler in (
-            (signal.SIGTERM, self._stop.set),
-            (signal.SIGINT, self._stop.set),
-            (signal.SIGHUP, self.reload),
-        ):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, handler)
-                installed.append(sig)
-        trigger = asyncio.ensure_future(
-            self._trigger() if self._trigger is not None else self._stop.wait()
+    @asynccontextmanager
+    async def _udp(self, life: Lifecycle) -> AsyncIterator[None]:
+        cfg = self.cfg
+        self._engine = Engine(
+            self.store,
+            Codec(self.keyring),
+            Settings(
+                server_id=cfg.server_id,
+                hold_time_max=cfg.max_hold_time,
+                budget=cfg.budget,
+                replay_window=cfg.replay_window,
+                retransmit=Backoff(cfg.retransmit_initial, cfg.retransmit_max),
+            ),
+            self.metrics,
+            time.time,
         )
-        stopped = asyncio.ensure_future(self._stop.wait())
+        await self._engine.start()
+        if cfg.key_file is not None and self.keyring is not None:
+            life.reloaders.append(key_reloader(cfg.key_file, self._engine.set_codec, log))
+        server = self._server = Server(
+            self._engine, self.metrics, cfg.queue_size, cfg.batch_window / 1000.0
+        )
+        await bind(server, cfg)
+        # the server starts its own receiver and committer: watch them like our own
+        for task in server._tasks:
+            life.spawn(_watch(task, life.stop_event), task.get_name())
+        life.drains.append(self._drain)
         try:
-            async with AsyncExitStack() as stack:
-                for service in self.services:
-                    await stack.enter_async_context(service(self))
-                log.info(
-                    "vxsnd ready: registry %s, listening on %s",
-                    self.store.registry_id,
-                    ", ".join(str(a) for a in self.cfg.listen),
-                )
-                self.started.set()
-                await asyncio.wait({trigger, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                log.info("stopping")
-                server.close_endpoints()
-                for timer in timers:
-                    timer.cancel()
-                try:
-                    await asyncio.wait_for(server.drain(), self.cfg.drain_timeout)
-                except TimeoutError:
-                    log.warning("in-flight batch not finished within %ss", self.cfg.drain_timeout)
-                except Exception as exc:  # the registry failed on the last batch
-                    log.warning("last batch failed: %s", exc)
+            yield
         finally:
             server.close_endpoints()
-            for task in (*timers, trigger, stopped):
+            for task in server._tasks:  # done after a drain; still running if one failed
                 task.cancel()
-            for task in (*timers, trigger, stopped):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+
+    async def _drain(self) -> None:
+        self.server.close_endpoints()
+        await self.server.drain()
+
+    @asynccontextmanager
+    async def _timers(self, life: Lifecycle) -> AsyncIterator[None]:
+        life.spawn(run_sweeper(self.engine, self.cfg.sweep_interval), "vxsnd-sweeper")
+        if self.cfg.registry_poll > 0:
+            life.spawn(run_watch(self.engine, self.cfg.registry_poll), "vxsnd-watch")
+        if self.store.notifies:
+            life.spawn(self.store.follow_changes(self.engine.request_watch), "vxsnd-notify")
+        yield
+
+
+def _bind(
+    service: Service, daemon: Daemon
+) -> Callable[[Lifecycle], AbstractAsyncContextManager[object]]:
+    return lambda _life: service(daemon)
+
+
+async def _watch(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Supervise a task someone else created: its failure, or its cancellation by
+    anyone but its owner's drain, is ours; cancelling the watcher leaves the task to
+    its owner (the server cancels its tasks in its drain)."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled() and not stop.is_set():  # the task itself went, unasked
+            raise TaskEnded(f"task {task.get_name()} was cancelled") from None
+        raise
+
+
+async def open_registry(url: str) -> store_mod.Store:
+    """Open the registry or raise StartupError naming it (password masked)."""
+    where = mask_url(url)
+    try:
+        return await store_mod.Store.open(url)
+    except store_mod.SchemaOutdated as exc:
+        raise StartupError(f"{exc} -- run 'vxsnd db upgrade --db {where}' first") from None
+    except store_mod.SchemaError as exc:
+        raise StartupError(redact(str(exc), url)) from None
+    except Exception as exc:  # OSError, driver errors (refused, auth, no database)
+        log.debug("opening the registry failed", exc_info=True)
+        reason = redact(str(exc) or type(exc).__name__, url)
+        raise StartupError(f"cannot open the registry {where}: {reason}") from None
+
+
+async def bind(server: Server, cfg: Config) -> None:
+    """Bind every UDP socket, or raise StartupError naming the address that failed."""
+    try:
+        await server.start(cfg.listen)
+    except OSError as exc:
+        server.close_endpoints()
+        failed = (
+            cfg.listen[len(server.endpoints)] if len(server.endpoints) < len(cfg.listen) else None
+        )
+        where = f" on {failed}" if failed is not None else ""
+        raise StartupError(f"cannot listen{where} (UDP): {os_reason(exc)}") from None
 
 
 def run(
@@ -233,7 +230,7 @@ def run(
     configure: Callable[[Daemon], None] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean stop. `configure` adds services."""
-    daemon = Daemon(cfg, keyring=keyring)
+    daemon = Daemon(cfg, keyring=keyring, last=True)
     if configure is not None:
         configure(daemon)
     asyncio.run(daemon.run())

@@ -1,41 +1,6 @@
-"""Rate-limited logging: at most one line per key per interval, with a count."""
+"""Rate-limited logging lives in vxflood.ratelog (both daemons use it); this name stays
+for the modules that import it from here."""
 
-from __future__ import annotations
+from vxflood.ratelog import RateLimitedLog
 
-import logging
-import time
-from collections.abc import Callable
-
-
-class RateLimitedLog:
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        max_keys: int = 1024,
-    ) -> None:
-        self._log = logger
-        self._interval = interval
-        self._clock = clock
-        self._max_keys = max_keys
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
-        """Log unless `key` was logged within the interval; True when a line was written."""
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
-        if last is None and len(self._last) >= self._max_keys:
-            self._last.clear()
-            self._suppressed.clear()
-        self._last[key] = now
-        dropped = self._suppressed.pop(key, 0)
-        if dropped:
-            self._log.log(level, msg + " (and %d more like it since)", *args, dropped)
-        else:
-            self._log.log(level, msg, *args)
-        return True
+__all__ = ["RateLimitedLog"]

@@ -846,7 +846,7 @@ async def test_process_sigterm_keeps_entries_and_vxrdctl(ns: str, tmp_path: Path
                 await proc.wait()
     assert await flood(ns, "vx100") == {"10.77.0.2"}
     rc, _, err = await ctl(sock, "status")
-    assert rc == 1
+    assert rc == 3  # vxrdctl: 3 = vxrd not reachable (one set of codes with vxsndctl)
     assert err.startswith(f"vxrdctl: cannot reach vxrd at {sock}: ")
     assert err.strip().endswith("(is vxrd running?)")
 

@@ -186,8 +186,68 @@ async def test_server_down_is_one_line() -> None:
 
 
 def test_formatting_helpers() -> None:
+    """vxsndctl prints with vxflood.tables, the helpers vxrdctl uses too."""
     assert table(["A", "BB"], [(1, None), ("long", "x")]) == "A     BB\n1     -\nlong  x"
     assert [duration(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
+
+
+async def test_global_flags_after_the_command(store: st.Store, tmp_path: Path) -> None:
+    """Issue 13: `vxsndctl vni 100 --json` was refused (the flag had to come first)."""
+    now = time.time()
+    await register(store, "hv-1", {100: "192.0.2.1"}, now, 90)
+    async with serve(Harness(store), write_tokens(tmp_path)) as api:
+        before = await ctl("--json", "--api", api, "vni", "100", token=READ_TOKEN)
+        after = await ctl("vni", "100", "--json", "--api", api, token=READ_TOKEN)
+        assert (before.code, after.code) == (0, 0), (before.err, after.err)
+        assert json.loads(after.out) == json.loads(before.out)
+        assert json.loads(after.out)["vni"] == 100
+        r = await ctl("enrol", "100", "198.51.100.9", "--api", api, "--token", ADMIN_TOKEN)
+        assert r.code == 0, r.err
+    r = await ctl("--version")
+    assert r.code == 0 and r.out.startswith("vxsndctl (vxflood) ")
+
+
+async def test_export_writes_what_import_reads(store: st.Store, tmp_path: Path) -> None:
+    """Issue 9/13: a backup of the static VTEPs that `vxsndctl import` restores."""
+    now = time.time()
+    await register(store, "hv-1", {100: "192.0.2.1"}, now, 90)  # an agent: not exported
+    async with serve(Harness(store)) as api:
+        source = tmp_path / "static.txt"
+        source.write_text("100 192.0.2.10 rack 1, row 2\n100 2001:db8::10\n200 192.0.2.10\n")
+        assert (await ctl("--api", api, "import", str(source))).code == 0
+        r = await ctl("--api", api, "enrol", "300", "192.0.2.30", "--hold-time", "600")
+        assert r.code == 0, r.err
+        backup = tmp_path / "backup.txt"
+        r = await ctl("export", str(backup), "--api", api)
+        assert r.code == 0, r.err
+        assert r.out.strip() == f"exported the static VTEPs to {backup}"
+        lines = [ln for ln in backup.read_text().splitlines() if not ln.startswith("#")]
+        assert lines == [
+            "100 192.0.2.10 rack 1, row 2",
+            "100 2001:db8::10",
+            "200 192.0.2.10",
+            "300 192.0.2.30",
+        ]
+        assert "# expires in " in backup.read_text()
+        stdout = await ctl("--api", api, "export")
+        assert stdout.code == 0
+        assert [ln for ln in stdout.out.splitlines() if not ln.startswith("#")] == lines
+        before = {v: await store.members(v) for v in (100, 200)}
+        # restore: wipe the statics, import the backup, the same members come back
+        assert (await ctl("--api", api, "import", "-", stdin="")).code == 0
+        assert (await store.members(200))[1] == []
+        r = await ctl("--api", api, "import", str(backup))
+        assert r.code == 0, r.err
+        after = {v: await store.members(v) for v in (100, 200)}
+        strip = [(m.address, m.origin, m.description) for v in before for m in before[v][1]]
+        assert strip == [(m.address, m.origin, m.description) for v in after for m in after[v][1]]
+        # a description the import format cannot carry is refused, nothing written
+        r = await ctl("--api", api, "enrol", "100", "192.0.2.99", "--description", "a # b")
+        assert r.code == 0, r.err
+        refused = tmp_path / "refused.txt"
+        r = await ctl("--api", api, "export", str(refused))
+        assert r.code == 1 and "cannot export VNI 100 192.0.2.99" in r.err
+        assert not refused.exists()
 
 
 async def test_bad_api_url_is_a_usage_error() -> None:

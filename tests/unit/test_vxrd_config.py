@@ -97,7 +97,7 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_help_shows_every_default() -> None:
     text = build_parser().format_help()
     for action in build_parser()._actions:
-        if action.dest in ("help", "config"):
+        if action.dest in ("help", "config", "version"):
             continue
         assert action.help and "default" in action.help, action.dest
     assert "/run/vxrd/vxrd.sock" in text
@@ -105,3 +105,18 @@ def test_help_shows_every_default() -> None:
         [sys.executable, "-m", "vxrd", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert out.returncode == 0 and "--reconcile-interval" in out.stdout
+
+
+def test_vxrdctl_flags_after_the_command_and_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: one set of exit codes with vxsndctl (3: daemon not reachable, 2: usage)."""
+    from vxrd import ctl
+
+    sock = str(tmp_path / "none.sock")
+    ns = ctl.build_parser().parse_args(["peers", "100", "--json", "--socket", sock])
+    assert (ns.command, ns.vni, ns.json, ns.socket) == ("peers", "100", True, sock)
+    assert ctl.main(["status", "--socket", sock]) == 3
+    assert "cannot reach vxrd at" in capsys.readouterr().err
+    assert ctl.main(["--socket", sock, "peers", "no-vni"]) == 2
+    assert ctl.build_parser().parse_args(["status"]).socket == ctl.DEFAULT_STATUS_SOCKET

@@ -235,6 +235,11 @@ class Store:
         """Call `listener` (synchronously, on the loop) whenever the registry is adopted anew."""
         self._listeners.append(listener)
 
+    @property
+    def notifies(self) -> bool:
+        """Whether other instances' changes are announced (PostgreSQL), not only polled."""
+        return make_url(self._url).get_backend_name() != "sqlite"
+
     async def follow_changes(self, wake: Callable[[], None]) -> None:
         """Run until cancelled: `wake()` whenever another vxsnd changed a flood list.
 

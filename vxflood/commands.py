@@ -1,0 +1,61 @@
+"""What the four commands share on the command line: --version and, for the two
+ctl tools, global flags accepted after the command and one set of exit codes.
+
+Exit status of vxsndctl and vxrdctl (documented in both --help texts and README):
+
+    0  done
+    1  the daemon refused or failed the request
+    2  usage error, or a local file that cannot be read or parsed
+    3  the daemon cannot be reached (not running, wrong address or socket)
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+from typing import Any, Final
+
+DISTRIBUTION: Final = "vxflood"
+
+CTL_OK: Final = 0
+CTL_REFUSED: Final = 1
+CTL_USAGE: Final = 2
+CTL_UNREACHABLE: Final = 3
+CTL_EXIT_CODES: Final = (
+    "Exit status: 0 done, 1 refused or failed by the daemon, 2 usage or local file "
+    "error, 3 daemon not reachable."
+)
+
+
+def version() -> str:
+    """The installed distribution's version (what `pip show vxflood` says)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--version", action="version", version=f"{parser.prog} (vxflood) {version()}"
+    )
+
+
+class GlobalFlags:
+    """Flags a ctl tool accepts before and after its command (`vxsndctl vni 100 --json`).
+
+    `add` declares a flag on the top-level parser with its default; `copy_to`
+    declares it again on a sub-command with `default=SUPPRESS`, so a flag given
+    after the command wins and an absent one leaves the top-level value."""
+
+    def __init__(self) -> None:
+        self._flags: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def add(self, parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+        parser.add_argument(*flags, **kwargs)
+        self._flags.append((flags, kwargs))
+
+    def copy_to(self, sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        for flags, kwargs in self._flags:
+            sub.add_argument(*flags, **{**kwargs, "default": argparse.SUPPRESS})
+        return sub
