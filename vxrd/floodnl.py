@@ -31,8 +31,7 @@ from typing import NamedTuple
 
 from pyroute2 import netns as pr_netns
 
-from vxrd.mirror import FloodChange
-from vxrd.reconcile import Address
+from vxrd.model import Address, FloodChange
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1

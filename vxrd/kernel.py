@@ -18,10 +18,9 @@ import asyncio
 import errno
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable, Container, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Container, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
@@ -31,8 +30,20 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
 from vxrd.floodnl import FloodOp, KernelError
-from vxrd.mirror import FloodChange
-from vxrd.reconcile import Address, FloodDiff
+from vxrd.model import (
+    Address,
+    ApplyError,
+    ApplyResult,
+    FdbChanged,
+    FdbListener,
+    FloodChange,
+    FloodDiff,
+    KernelEvent,
+    LinkChanged,
+    LinkRemoved,
+    Resync,
+    VxlanDevice,
+)
 
 __all__ = [
     "Address",
@@ -65,84 +76,16 @@ LINK_BACKLOG = 65536  # link events kept for events() before they collapse into 
 GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
 
 
-# --- data --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class VxlanDevice:
-    """One VXLAN netdevice as the kernel reports it.
-
-    `group` is IFLA_VXLAN_GROUP/GROUP6: a multicast group, or the unicast
-    `remote` of a point-to-point device. Either way the device already has a
-    default destination (and an all-zero fdb entry for it) and is not ours.
-    """
-
-    ifindex: int
-    name: str
-    vni: int | None  # None for external (collect-metadata) devices
-    local: Address | None
-    port: int
-    group: Address | None
-    up: bool
-    external: bool
-    vnifilter: bool
-
-
-class ApplyError(NamedTuple):
-    """One fdb request the kernel refused (errno), or whose ACK never came."""
-
-    ifindex: int
-    address: Address
-    errno: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """Counts are requests that succeeded, not entries that changed: appending a
-    present dst and deleting an absent one both succeed silently (a delete on a
-    device with no flood entry at all, ENOENT, counts as done too). Read back
-    with `Kernel.flood_entries()` when the truth matters."""
-
-    added: int = 0
-    removed: int = 0
-    errors: list[ApplyError] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LinkChanged:
-    """A VXLAN device appeared or changed: `device` as the notification describes
-    it, or None when the notification lacked attributes needed for it (the
-    caller then re-reads the device with get_vxlan)."""
-
-    ifindex: int
-    device: VxlanDevice | None = None
-
-
-@dataclass(frozen=True)
-class LinkRemoved:
-    """A VXLAN device was deleted."""
-
-    ifindex: int
-
-
-@dataclass(frozen=True)
-class FdbChanged:
-    """Flood destinations (all-zero fdb entries) that appeared or went away, in
-    kernel order; repeats of one (device, destination) collapsed into the last."""
-
-    changes: tuple[FloodChange, ...]
-
-
-@dataclass(frozen=True)
-class Resync:
-    """Notifications were lost (ENOBUFS): the caller must rescan everything."""
-
-    reason: str
-
-
-KernelEvent = LinkChanged | LinkRemoved | FdbChanged | Resync
-FdbListener = Callable[[FdbChanged | Resync], None]
+def _events(batch: list[FloodChange | floodnl.Lost]) -> list[FdbChanged | Resync]:
+    """A batch read from the notification socket as events: Resync for each loss,
+    one FdbChanged for the changes."""
+    out: list[FdbChanged | Resync] = [
+        Resync(i.reason) for i in batch if isinstance(i, floodnl.Lost)
+    ]
+    changes = tuple(i for i in batch if not isinstance(i, floodnl.Lost))
+    if changes:
+        out.append(FdbChanged(changes))
+    return out
 
 
 # --- link messages ----------------------------------------------------------------
@@ -441,25 +384,24 @@ class Kernel:
                 ops.extend(FloodOp(True, ifindex, a) for a in diff.add)
         return ops, errors
 
-    def read_fdb(self) -> None:
-        """Hand the flood-entry notifications queued now to the events() listener
-        at once, in kernel order, instead of at the watcher's next wake-up.
+    def read_fdb(self) -> list[FdbChanged | Resync]:
+        """The flood-entry notifications queued now, in kernel order, returned
+        to the caller instead of waiting for the watcher's next wake-up.
 
         A writer calls it right after a synchronous write: the echo of the write
         is queued by then, and reading it here costs no second wake-up of the
-        process. Without a listener (events() not running or run without one)
-        it does nothing. Never raises: a socket error is left for the watcher,
-        which hits it on its next read and ends events() with it.
+        process, and no call back into the writer. Never raises: a socket error
+        is left for the watcher, which hits it on its next read and ends
+        events() with it.
         """
-        fdb, listener = self._fdb, self._on_fdb
-        if fdb is None or listener is None:
-            return
+        fdb = self._fdb
+        if fdb is None:
+            return []
         try:
             batch = fdb.read_now()
         except OSError:
-            return
-        if batch:
-            self._deliver(batch, listener)
+            return []
+        return _events(batch) if batch else []
 
     # -- events ------------------------------------------------------------------------
 
@@ -475,9 +417,9 @@ class Kernel:
 
         With `on_fdb`, flood-entry events (FdbChanged, and Resync when
         neighbour notifications were lost) are not yielded but passed to it as
-        soon as they are read, synchronously, by the watcher or by read_fdb():
-        no hop through the stream, and a writer can collect the echo of its own
-        write without a wake-up. on_fdb must not block.
+        soon as the watcher reads them, synchronously: no hop through the
+        stream. A writer collects the echo of its own write with read_fdb()
+        instead, without a wake-up. on_fdb must not block.
         """
         if self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
@@ -511,20 +453,11 @@ class Kernel:
     ) -> None:
         """One batch read from the notification socket: to the listener, or into
         the stream as FdbChanged (and Resync for a loss)."""
-        changes: list[FloodChange] = []
-        for item in batch:
-            if isinstance(item, floodnl.Lost):
-                if listener is None:
-                    self._queue.put_nowait(Resync(item.reason))
-                else:
-                    listener(Resync(item.reason))
-            else:
-                changes.append(item)
-        if changes:
+        for ev in _events(batch):
             if listener is None:
-                self._queue.put_nowait(FdbChanged(tuple(changes)))
+                self._queue.put_nowait(ev)
             else:
-                listener(FdbChanged(tuple(changes)))
+                listener(ev)
 
     async def _watch_fdb(self, watch: floodnl.FloodWatch) -> None:
         """While events() runs: flood-entry notifications from floodnl to the
