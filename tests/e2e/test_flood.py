@@ -670,3 +670,65 @@ def test_vxrdctl_leave_withdraws_and_flushes(
 
     assert vxlan_arrivals(h3, send) == []
     assert lab.fdb_flood(h3, 100) == set()  # and nobody wrote it back
+
+
+REGISTRY_LOSS_HOLD = 30  # the issue's set-up: hosts on hold 30, a refresh every 10 s
+
+
+def test_vxsnd_restarted_on_an_empty_registry_removes_no_flood_entry(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 9, finding 5: vxsnd restarted on an EMPTY registry (the file deleted)
+    while the hosts refresh on hold 30 with staggered phases. Its first answers list
+    only the hosts that have refreshed so far; before the fix a host's flood list
+    went to 0 entries a second after vxsnd came up. Now each vxrd treats the new
+    registry id like a server restart and only adds for a hold time: `bridge monitor
+    fdb` on every host sees no flood entry change at all, the new registry lists every
+    host once each has refreshed, and a leave gets through after that."""
+    lab = lab_factory(hosts=4, vnis=[100])
+    hosts = lab.hosts
+    hold = REGISTRY_LOSS_HOLD
+    refresh = hold / 3
+    ov = Overlay(
+        lab, run_in_ns, tmp_path, hold_time=hold, vxsnd_args=["--max-hold-time", str(hold)]
+    )
+    ov.start_vxsnd()
+
+    def alive() -> None:
+        for proc in (*ov.vxsnds, *ov.vxrd.values()):
+            assert proc is None or proc.alive, f"{proc} died"
+
+    for i, h in enumerate(hosts):  # refresh phases spread over the refresh interval
+        if i:
+            observe(refresh / len(hosts), alive)  # the phase offset, not a synchronisation
+        ov.start_vxrd(h)
+    wait_mesh(lab, 100, hosts)
+    before = {h: ov.status(h)["servers"][0]["registry"] for h in hosts}
+    assert len(set(before.values())) == 1 and None not in before.values()
+    watch = FdbWatch(run_in_ns, hosts, 100)
+    watch.start()
+
+    ov.kill_vxsnd()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ov.db}{suffix}").unlink(missing_ok=True)
+    ov.start_vxsnd()  # a new, empty registry: a new registry id
+
+    # every host refreshes within one interval and sees the new registry id then; its
+    # additive period ends a hold time later: watch past the last of those
+    observe(refresh + hold + 5.0, ov.mesh_kept(hosts, 100))
+    assert watch.zero_events() == {}, "flood entries removed or re-added after registry loss"
+    after = {h: ov.status(h)["servers"][0]["registry"] for h in hosts}
+    assert len(set(after.values())) == 1 and set(after.values()) != set(before.values())
+    for h in hosts:  # the new registry is complete: every host is listed again
+        assert sorted(ov.heard(h, 100)[0]) == sorted(o.underlay for o in hosts)
+    assert_floods(lab, 100, hosts)
+
+    # ... and the new registry has authority now: a leave gets through
+    leaver, rest = hosts[-1], hosts[:-1]
+    lab.set_vni_up(leaver, 100, False)
+    wait_until(
+        lambda: flood_lists(lab, 100, rest),
+        timeout=refresh + CONVERGE,
+        what=f"{leaver.name} withdrawn from the new registry",
+        expect=full_mesh(100, rest),
+    )
