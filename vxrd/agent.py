@@ -1,24 +1,20 @@
 """The host agent: a thin asyncio driver around the planner (vxrd.planner).
 
-One asyncio loop runs, every task in one TaskGroup: the kernel event stream,
-the reconciler (woken by membership changes at once, by fdb events after a few
-ms, by a timer), the register refresh and retry timers, the registrar (a
-register round at once after a registry change). The decisions are the pure
+Every task runs in one TaskGroup: the kernel event stream, the reconciler
+(woken by membership changes at once, by fdb events after a few ms, by a
+timer), the register timers (vxrd.registrar). The decisions are the pure
 planner's and the per-server protocol core's (vxrd.answers); this module reads
-the clock, feeds them, and carries their answers out through a `KernelPort`
-(vxrd.model) and the server clients.
+the clock, feeds them, and carries out their answers through a `KernelPort`
+(vxrd.model; writes and mirror upkeep in vxrd.writer) and the server clients.
 
 A membership change is the hot path: it is normally planned, written and acked
 inside the callback that received the datagram (`_reconcile_at_once`), one
 wake-up of the process per push; the reconciler task takes over whenever that
 cannot run without waiting (a reconcile in progress, the kernel to be read
-first, a failed write). Both run the same plan (`Planner.plan`).
-
-The reconciler compares what the servers want with a mirror of the kernel's
-flood lists (vxrd.mirror), not with a fresh dump: the mirror follows fdb
-events and vxrd's own writes, so a membership change costs the entries that
-changed, not a read of every entry. The kernel is read again in full at start,
-after lost events and on the reconcile timer, which keeps the kernel the truth.
+first, a failed write). Both run the same plan (`Planner.plan`). Plans are made
+against a mirror of the kernel's flood lists (vxrd.mirror) that fdb events and
+vxrd's own writes keep current; the kernel is read in full at start, after lost
+events and on the reconcile timer, which keeps the kernel the truth.
 
 Fail-static rules: see vxrd.planner. Stopping keeps the entries unless
 flushing was asked for (`leave`, --flush-on-exit).
@@ -36,7 +32,6 @@ from typing import Any
 from schema.keys import Keyring
 from schema.validate import Address
 from schema.wire import Codec
-from vxrd import views
 from vxrd.answers import ServerState
 from vxrd.client import ServerClient
 from vxrd.config import Config
@@ -45,7 +40,6 @@ from vxrd.mirror import FloodMirror
 from vxrd.model import (
     ApplyResult,
     FdbChanged,
-    FloodDiff,
     KernelEvent,
     KernelPort,
     LinkChanged,
@@ -53,6 +47,8 @@ from vxrd.model import (
     Resync,
 )
 from vxrd.planner import DOWN, MANAGED, DeviceView, Plan, Planner, classify
+from vxrd.registrar import Registrar
+from vxrd.writer import FloodWriter
 
 log = logging.getLogger("vxrd")
 
@@ -64,7 +60,6 @@ FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before reconci
 FDB_MIN_GAP = 0.1
 STALE_LIMIT = 16  # more devices to re-read than this: one full dump instead
 LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
-RETRY_FIRST = 0.5  # seconds before repeating a register round a server has not answered
 
 
 class Agent:
@@ -90,17 +85,21 @@ class Agent:
         self._index = {id(c): i for i, c in enumerate(self.clients)}
         self.states: list[ServerState] = [c.state for c in self.clients]
         self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
+        self.registrar = Registrar(
+            self.clients,
+            self.metrics,
+            config.hold_time,
+            config.refresh_interval,
+            lambda: (self.serving, self._hold),
+        )
+        self.writer = FloodWriter(kernel, self.planner.mirror, self.metrics)
         self._pending_acks: dict[int, dict[int, int]] = {}  # client index -> vni -> gen
         self._wake = asyncio.Event()
         self._due: float | None = None
         self._lock = asyncio.Lock()  # reconcile vs. leave
-        self._register_now: set[int] = set()  # client indexes the registrar serves
-        self._registrar_wake = asyncio.Event()
         self._leaving = False
         self._reconcile_end = 0.0  # monotonic
         self._registered = False  # the first register goes out even with no device
-        self._silent_since = time.monotonic()  # start: silence counts from here
-        self._warned_silent = False
         self.reconciles = 0  # reconciles run by the reconciler task (not the hot path)
         self.last_reconcile: float | None = None
         self.stop = asyncio.Event()
@@ -143,12 +142,13 @@ class Agent:
             tasks = [
                 tg.create_task(self._events(), name="vxrd-events"),
                 tg.create_task(self._reconciler(), name="vxrd-reconcile"),
-                tg.create_task(self._registrar(), name="vxrd-registrar"),
+                tg.create_task(self.registrar.run(), name="vxrd-registrar"),
                 tg.create_task(self._timer(self.config.refresh_interval, self.register_all)),
                 tg.create_task(self._timer(self.config.reconcile_interval, self._tick)),
             ]
             tasks += [
-                tg.create_task(self._retry(c), name=f"vxrd-retry-{c.name}") for c in self.clients
+                tg.create_task(self.registrar.retry(c), name=f"vxrd-retry-{c.name}")
+                for c in self.clients
             ]
             await self.stop.wait()
             for t in tasks:
@@ -181,71 +181,8 @@ class Agent:
     def _hold(self) -> int:
         return 0 if self._leaving else self.config.hold_time
 
-    async def _send_register(self, client: ServerClient) -> None:
-        if await client.send_register(self.serving, self._hold):
-            self.metrics.incarnations.inc()
-
     async def register_all(self) -> None:
-        for c in self.clients:
-            await self._send_register(c)
-        self.metrics.registers.inc()
-        self._check_silence()
-
-    def _check_silence(self) -> None:
-        """WARNING once when no server has answered for a hold time (a mistyped
-        --server, a firewall); INFO is logged by the client when one answers."""
-        now = time.monotonic()
-        if any(s.heard is not None and now - s.heard < self.config.hold_time for s in self.states):
-            self._warned_silent = False
-            return
-        last = max((s.heard for s in self.states if s.heard is not None), default=None)
-        since = self._silent_since if last is None else last
-        if not self._warned_silent and now - since >= self.config.hold_time and self.clients:
-            self._warned_silent = True
-            log.warning(
-                "no service node has answered for %d s (servers: %s)",
-                int(now - since),
-                ", ".join(c.name for c in self.clients),
-            )
-
-    async def _registrar(self) -> None:
-        """Register rounds asked for from a datagram callback (a new registry id:
-        report at once so it answers for every VNI), sent from this task."""
-        while True:
-            await self._registrar_wake.wait()
-            self._registrar_wake.clear()
-            todo, self._register_now = self._register_now, set()
-            for idx in sorted(todo):
-                try:
-                    await self._send_register(self.clients[idx])
-                except OSError as exc:
-                    log.warning("server %s: register failed: %s", self.clients[idx].name, exc)
-
-    async def _retry(self, client: ServerClient) -> None:
-        """Repeat the register round to a server that has not answered it (not
-        listening yet, restarting, unreachable): after 0.5 s, then 1 s, 2 s, ...
-        capped at the refresh interval. An answer resets the back-off; a round sent
-        for any other reason (refresh, local change) restarts the wait."""
-        delay = RETRY_FIRST
-        cap = max(RETRY_FIRST, self.config.refresh_interval)
-        while True:
-            client.poke.clear()
-            if client.answered or client.round_sent is None or self._leaving:
-                delay = RETRY_FIRST
-                await client.poke.wait()
-                continue
-            wait = client.round_sent + delay - time.monotonic()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await client.poke.wait()
-                continue  # look again: answered, or a newer round
-            log.debug("server %s: no answer after %.1f s, registering again", client.name, delay)
-            try:
-                await self._send_register(client)
-            except Exception:
-                log.exception("server %s: register retry failed", client.name)
-            delay = min(delay * 2, cap)
+        await self.registrar.all()
 
     def datagram(self, client: ServerClient, data: bytes, source: str) -> None:
         """A datagram from a server's socket, in the transport's callback: fed to the
@@ -264,8 +201,7 @@ class Agent:
         for vni, gen in out.acks:
             acks[vni] = max(gen, acks.get(vni, 0))
         if out.reset:
-            self._register_now.add(idx)
-            self._registrar_wake.set()
+            self.registrar.soon(idx)
         try:
             done = self._reconcile_at_once()
         except Exception:  # a bug there must not keep the change from the kernel
@@ -379,7 +315,7 @@ class Agent:
             plan = self.planner.plan(self.states, now)
             self._commit(plan, now)
             if plan.diffs:
-                await self._apply(plan.diffs)
+                await self.writer.apply(plan.diffs)
             self._reconcile_end = time.monotonic()
         self._send_acks(acks)
 
@@ -404,19 +340,11 @@ class Agent:
         plan = self.planner.plan(self.states, now)
         result: ApplyResult | None = None
         if plan.diffs:
-            t0 = time.perf_counter()
-            try:
-                result = self.kernel.apply_now(plan.diffs)
-            except OSError as exc:
-                log.warning("flood entry write failed: %s (retrying)", exc)
-                for ifindex in plan.diffs:  # unknown how far it got
-                    self.mirror.mark_stale(ifindex)
-                return False
+            result = self.writer.apply_now(plan.diffs)
             if result is None:
                 return False  # nothing written: the reconciler plans again
         self._commit(plan, now)
         if result is not None:
-            self._record(plan.diffs, result, t0)
             for ev in self.kernel.read_fdb():
                 self._fdb_event(ev)
             if result.errors:
@@ -448,49 +376,7 @@ class Agent:
         start, lost events or the timer; else the managed devices marked stale."""
         stale = self.planner.stale_managed()
         full = not self.mirror.complete or len(stale) > STALE_LIMIT
-        for ifindex in [None] if full else stale:
-            self.mirror.begin_read()  # events read during the dump go on top of it
-            try:
-                found = await self.kernel.flood_entries(ifindex)
-            except BaseException:
-                self.mirror.abort_read()
-                raise
-            if ifindex is None:
-                self.mirror.load(found)
-            else:
-                self.mirror.load_device(ifindex, found.get(ifindex, ()))
-
-    async def _apply(self, diffs: dict[int, FloodDiff]) -> None:
-        """Write, and record in the mirror what the kernel took."""
-        t0 = time.perf_counter()
-        try:
-            result = await self.kernel.apply(diffs)
-        except BaseException:
-            for ifindex in diffs:  # unknown how far it got
-                self.mirror.mark_stale(ifindex)
-            raise
-        self._record(diffs, result, t0)
-
-    def _record(self, diffs: dict[int, FloodDiff], result: ApplyResult, t0: float) -> None:
-        """A write's outcome: into the mirror (a device with a failed entry turns
-        stale), the metrics and the log."""
-        self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
-        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
-        if result.added:  # a metric update takes a lock: none for nothing
-            self.metrics.fdb_adds.inc(result.added)
-        if result.removed:
-            self.metrics.fdb_removes.inc(result.removed)
-        if result.errors:
-            self.metrics.fdb_errors.inc(len(result.errors))
-            first = result.errors[0]
-            log.warning(
-                "%d flood entry writes failed (first: ifindex %d dst %s: %s)",
-                len(result.errors),
-                first.ifindex,
-                first.address,
-                first.message,
-            )
-        log.debug("applied %s: +%d -%d", diffs, result.added, result.removed)
+        await self.writer.read(None if full else stale)
 
     # ------------------------------------------------------------ leave
 
@@ -499,19 +385,12 @@ class Agent:
         async with self._lock:
             if self.left is not None:
                 return self.left
-            self._leaving = True
+            self._leaving = self.registrar.paused = True
             for i in range(LEAVE_REPEATS):
                 if i:
                     await asyncio.sleep(0.02)
                 await self.register_all()
-            actual_all = await self.kernel.flood_entries()
-            diffs = {
-                ifindex: FloodDiff(remove=frozenset(actual_all[ifindex]))
-                for ifindex, view in self.devices.items()
-                if view.eligible and actual_all.get(ifindex)
-            }
-            if diffs:
-                await self._apply(diffs)
+            diffs = await self.writer.flush(i for i, v in self.devices.items() if v.eligible)
             self.programmed.clear()
             self.left = {
                 "servers": [c.name for c in self.clients],
@@ -525,14 +404,3 @@ class Agent:
                 len(diffs),
             )
             return self.left
-
-    # ------------------------------------------------------------ status views
-
-    def status(self) -> dict[str, Any]:
-        return views.status(self)
-
-    async def device_list(self) -> list[dict[str, Any]]:
-        return views.devices(self, await self.kernel.flood_entries())
-
-    async def peers(self, vni: int | None = None) -> list[dict[str, Any]]:
-        return views.peers(self, await self.kernel.flood_entries(), vni, time.monotonic())

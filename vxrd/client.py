@@ -257,8 +257,9 @@ class ServerClient:
             return self._dropped(reason)
         self.last_contact = now_wall
         if isinstance(msg, Ack):
+            out = self.state.handle_reply(msg, now_mono)
             self._answer()
-            return self.state.handle_reply(msg, now_mono)
+            return out
         if msg.vni not in wanted:
             self.state.heard = now_mono  # alive, but nothing to apply
             return self._dropped("not-for-us")
@@ -266,7 +267,7 @@ class ServerClient:
 
     def _answer(self) -> None:
         if not self.ever_answered:
-            log.info("server %s answered (registry %s)", self.name, self.state.registry or "new")
+            log.info("server %s answered (registry %s)", self.name, self.state.registry)
         self.answered = self.ever_answered = self.incarnation_answered = True
         self.unanswered = 0
         self.poke.set()

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from pyroute2 import netns as pr_netns
 
-from vxrd.model import Address, FloodChange
+from vxrd.model import Address, FdbChanged, FloodChange, Resync
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1
@@ -83,6 +83,16 @@ class Lost(NamedTuple):
     """Neighbour notifications were lost; the reader must rescan."""
 
     reason: str
+
+
+def events_of(batch: Sequence[FloodChange | Lost]) -> list[FdbChanged | Resync]:
+    """A batch read from the notification socket as events: Resync for each loss,
+    one FdbChanged for the changes."""
+    out: list[FdbChanged | Resync] = [Resync(i.reason) for i in batch if isinstance(i, Lost)]
+    changes = tuple(i for i in batch if not isinstance(i, Lost))
+    if changes:
+        out.append(FdbChanged(changes))
+    return out
 
 
 class FloodOp(NamedTuple):
