@@ -29,7 +29,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
 from vxrd.floodnl import FloodOp, KernelError
-from vxrd.links import _device, _link_event
+from vxrd.links import link_event, parse_device
 from vxrd.model import (
     Address,
     ApplyError,
@@ -66,6 +66,22 @@ LINK_RCVBUF = 4 << 20  # link notification socket
 EVENT_RCVBUF = 32 << 20  # fdb notification socket: absorbs our own bulk writes
 LINK_BACKLOG = 65536  # link events kept for events() before they collapse into Resync
 GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
+
+
+CAP_NET_ADMIN = 12  # capability bit (linux/capability.h)
+
+
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """Whether this process may write fdb entries: CAP_NET_ADMIN in its effective set.
+    Without it every flood-entry write fails (EPERM), so vxrd refuses to start."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return True  # cannot tell (not Linux /proc): let the kernel say
+    return True
 
 
 async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
@@ -183,7 +199,7 @@ class Kernel:
         devices: list[VxlanDevice] = []
         try:
             async for link in dump:
-                dev = _device(link)
+                dev = parse_device(link)
                 if dev is not None:
                     devices.append(dev)
         except NetlinkError as exc:
@@ -200,7 +216,7 @@ class Kernel:
                 raise KernelError(exc.code, f"link get failed: {exc}") from exc
             links = []
         for link in links:
-            dev = _device(link)
+            dev = parse_device(link)
             if dev is not None:
                 self._vxlan.add(ifindex)
                 return dev
@@ -381,7 +397,7 @@ class Kernel:
         while self._links is not None:
             try:
                 async for msg in self._links.get():
-                    event = _link_event(msg, self._vxlan)
+                    event = link_event(msg, self._vxlan)
                     if event is not None:
                         yield event
             except OSError as exc:

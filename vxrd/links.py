@@ -12,7 +12,7 @@ from typing import Any
 
 from vxrd.model import Address, KernelEvent, LinkChanged, LinkRemoved, VxlanDevice
 
-__all__ = ["_device", "_link_event"]
+__all__ = ["link_event", "parse_device"]
 
 IFF_UP = 0x1
 IFLA_VXLAN_VNIFILTER = 30  # not in pyroute2 0.9.7's vxlan attribute map
@@ -37,7 +37,7 @@ def _pick(msg: Any, names: frozenset[str]) -> dict[str, Any]:
     return {slot.name: slot.value for slot in msg["attrs"] if slot.name in names}
 
 
-def _device(msg: Any) -> VxlanDevice | None:
+def parse_device(msg: Any) -> VxlanDevice | None:
     """A VxlanDevice from pyroute2's parsed ifinfmsg, None if the link is not VXLAN."""
     top = _pick(msg, _LINK_ATTRS)
     info = _pick(top["IFLA_LINKINFO"], _INFO_ATTRS) if "IFLA_LINKINFO" in top else {}
@@ -84,7 +84,7 @@ def _vxlan_device(msg: Any, top: dict[str, Any], data: Any) -> VxlanDevice:
     )
 
 
-def _link_event(msg: Any, known: Container[int]) -> KernelEvent | None:
+def link_event(msg: Any, known: Container[int]) -> KernelEvent | None:
     """A link notification -> LinkChanged/LinkRemoved for VXLAN devices, else None.
 
     The kernel's notifications carry the whole link (name, flags, operstate,

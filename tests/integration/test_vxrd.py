@@ -886,3 +886,22 @@ async def test_process_sighup_reloads_the_key_file(ns: str, tmp_path: Path) -> N
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_process_without_cap_net_admin_refuses_to_start(tmp_path: Path) -> None:
+    """Issue 10 item 6: without CAP_NET_ADMIN every flood-entry write would fail;
+    vxrd says so in one line and exits 2 instead of starting (it used to log
+    "started" and then warn on every write)."""
+    require_root()
+    argv = [
+        *("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"),
+        *(sys.executable, "-m", "vxrd", "--server", "127.0.0.1:9"),
+        *("--status-socket", str(tmp_path / "vxrd.sock")),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "vxrd: needs CAP_NET_ADMIN to write flood entries (run as root, or with "
+        "AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)"
+    ]
+    assert not (tmp_path / "vxrd.sock").exists()

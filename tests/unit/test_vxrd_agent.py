@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from schema.validate import Address
 from schema.wire import Ack, Codec, Envelope, Membership, Register, Sequencer, address
 from vxrd.agent import Agent
 from vxrd.client import ServerClient
 from vxrd.config import Config, ServerAddr
+from vxrd.kernel import has_net_admin
 from vxrd.model import (
     ApplyResult,
     FdbChanged,
@@ -405,3 +411,41 @@ async def until(predicate: Any, within: float = 5.0) -> None:
 
 
 ENV = Envelope("snd", 1, 1, 0)
+
+
+# ------------------------------------------------------------------ start-up and silence
+
+
+def test_net_admin_is_read_from_the_effective_capabilities(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tvxrd\nCapEff:\t000001fffeffffff\n")
+    assert has_net_admin(str(status))
+    status.write_text("Name:\tvxrd\nCapEff:\t000001fffeffefff\n")  # bit 12 cleared
+    assert not has_net_admin(str(status))
+
+
+async def test_info_when_a_server_first_answers_warning_when_none_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10 item 6: a mistyped --server used to be silent at INFO."""
+    kern = FakeKernel([dev()])
+    agent = await started(config(2, hold_time=30), kern)
+    reg = agent.registrar
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, "vxrd"):
+        reg.check_silence(t0 + 29)
+        assert not any("answered" in r.getMessage() for r in caplog.records)
+        reg.check_silence(t0 + 31)
+        reg.check_silence(t0 + 32)  # once per silence, not per round
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "no service node has answered" in warned[0].getMessage()
+        agent.datagram(agent.clients[1], Server().ack(), "192.0.2.2")
+        agent.datagram(agent.clients[1], Server().ack(), "192.0.2.2")
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == ["server 192.0.2.2:10001 answered (registry r1)"]
+    heard = agent.states[1].heard
+    assert heard is not None
+    caplog.clear()
+    reg.check_silence(heard + 29)  # heard recently: quiet, and the next silence warns again
+    reg.check_silence(heard + 31)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
