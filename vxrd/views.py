@@ -36,6 +36,7 @@ def status(agent: Agent) -> dict[str, Any]:
                 "last_contact": c.last_contact,
                 "answered": c.answered,
                 "learning": c.state.learning,
+                "incarnation": c.seq.incarnation,
                 "incarnation_renewals": c.renewals,
                 "seconds_since_contact": None
                 if c.last_contact is None

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pytest
 from contrib.lab import Lab
 from contrib.lab.probe import broadcast_reaches, broadcast_receipts, unicast_works
 from contrib.lab.topology import VXLAN_PORT, Host
+from schema.wire import Codec, Envelope, Register, VniEntry
 from tests.e2e.conftest import Proc, RunInNs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -732,3 +734,44 @@ def test_vxsnd_restarted_on_an_empty_registry_removes_no_flood_entry(
         what=f"{leaver.name} withdrawn from the new registry",
         expect=full_mesh(100, rest),
     )
+
+
+LOCKOUT_HOLD = 9  # a refresh every 3 s: room for the unanswered rounds before expiry
+_SEND = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))"
+)
+
+
+def test_an_agent_locked_out_by_a_forged_sequence_recovers_with_a_new_incarnation(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 9, finding 2, on the real daemons: one unsigned datagram carrying h1's
+    incarnation, a sequence number ahead (within what the replay guard allows) and a
+    timestamp 45 s ahead makes vxsnd refuse h1's own registers as replays until its
+    clock passes that stamp: on main h1 expired from every flood list. Now h1 notices
+    its rounds go unanswered and registers as a new incarnation: it stays listed."""
+    lab = lab_factory(hosts=2, vnis=[100])
+    h1 = lab.hosts[0]
+    ov = Overlay(lab, run_in_ns, tmp_path, hold_time=LOCKOUT_HOLD)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+    server = ov.status(h1)["servers"][0]
+    incarnation = server["incarnation"]
+    forged = Register(
+        Envelope(h1.name, incarnation, 1 << 19, int((time.time() + 45) * 1000)),
+        LOCKOUT_HOLD,
+        server["registry"],
+        1 << 19,
+        0,
+        1,
+        (VniEntry(100, ip_address(h1.underlay), 0),),
+    )
+    data = Codec().encode(forged).hex()
+    h1.exec([sys.executable, "-c", _SEND, data, lab.service_addr, str(PORT)])
+
+    observe(LOCKOUT_HOLD * 2, ov.mesh_kept(lab.hosts, 100))
+    server = ov.status(h1)["servers"][0]
+    assert server["incarnation"] != incarnation and server["incarnation_renewals"] == 1
+    assert "registering as a new incarnation" in ov.vxrd[h1].log()
+    assert_floods(lab, 100, lab.hosts)
