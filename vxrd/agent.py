@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schema.keys import Keyring
@@ -47,7 +46,7 @@ from vxrd.model import (
     Resync,
 )
 from vxrd.planner import DOWN, MANAGED, DeviceView, Plan, Planner, classify
-from vxrd.registrar import Registrar
+from vxrd.registrar import Registrar, every
 from vxrd.writer import FloodWriter
 
 log = logging.getLogger("vxrd")
@@ -100,6 +99,7 @@ class Agent:
         self._leaving = False
         self._reconcile_end = 0.0  # monotonic
         self._registered = False  # the first register goes out even with no device
+        self._errors = 0  # unexpected errors in the hot path (a bug): logged rate-limited
         self.reconciles = 0  # reconciles run by the reconciler task (not the hot path)
         self.last_reconcile: float | None = None
         self.stop = asyncio.Event()
@@ -112,10 +112,6 @@ class Agent:
     @property
     def mirror(self) -> FloodMirror:
         return self.planner.mirror
-
-    @property
-    def programmed(self) -> dict[int, frozenset[Address]]:
-        return self.planner.programmed
 
     # ------------------------------------------------------------ lifecycle
 
@@ -143,8 +139,8 @@ class Agent:
                 tg.create_task(self._events(), name="vxrd-events"),
                 tg.create_task(self._reconciler(), name="vxrd-reconcile"),
                 tg.create_task(self.registrar.run(), name="vxrd-registrar"),
-                tg.create_task(self._timer(self.config.refresh_interval, self.register_all)),
-                tg.create_task(self._timer(self.config.reconcile_interval, self._tick)),
+                tg.create_task(every(self.config.refresh_interval, self.registrar.all)),
+                tg.create_task(every(self.config.reconcile_interval, self._tick)),
             ]
             tasks += [
                 tg.create_task(self.registrar.retry(c), name=f"vxrd-retry-{c.name}")
@@ -161,14 +157,6 @@ class Agent:
             await c.close()
         await self.kernel.close()
 
-    async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await action()
-            except Exception:
-                log.exception("periodic %s failed", getattr(action, "__name__", "task"))
-
     async def _tick(self) -> None:
         """The periodic reconcile reads the whole kernel again: whatever the mirror
         missed (a change no event reports) is corrected here."""
@@ -180,9 +168,6 @@ class Agent:
     @property
     def _hold(self) -> int:
         return 0 if self._leaving else self.config.hold_time
-
-    async def register_all(self) -> None:
-        await self.registrar.all()
 
     def datagram(self, client: ServerClient, data: bytes, source: str) -> None:
         """A datagram from a server's socket, in the transport's callback: fed to the
@@ -204,9 +189,15 @@ class Agent:
             self.registrar.soon(idx)
         try:
             done = self._reconcile_at_once()
-        except Exception:  # a bug there must not keep the change from the kernel
-            self.metrics.drops.labels("error").inc()
-            log.exception("reconciling at once failed; the reconciler takes over")
+        except Exception as exc:  # a bug there must not keep the change from the kernel
+            self._errors += 1
+            if self._errors & (self._errors - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
+                log.error(
+                    "reconciling at once failed (%d so far): %r; the reconciler takes over",
+                    self._errors,
+                    exc,
+                    exc_info=self._errors == 1,
+                )
             done = False
         if not done:
             self.kick(0.0)
@@ -223,7 +214,7 @@ class Agent:
         if (serve != self.serving or not self._registered) and not self._leaving:
             self._registered = True
             self.serving = serve
-            await self.register_all()
+            await self.registrar.all()
         self.kick(0.0)
 
     async def _events(self) -> None:
@@ -389,9 +380,9 @@ class Agent:
             for i in range(LEAVE_REPEATS):
                 if i:
                     await asyncio.sleep(0.02)
-                await self.register_all()
+                await self.registrar.all()
             diffs = await self.writer.flush(i for i, v in self.devices.items() if v.eligible)
-            self.programmed.clear()
+            self.planner.programmed.clear()
             self.left = {
                 "servers": [c.name for c in self.clients],
                 "devices": sorted(self.devices[i].dev.name for i in diffs),

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from schema.validate import Address
 from vxrd.client import ServerClient
@@ -20,6 +20,16 @@ from vxrd.metrics import Metrics
 log = logging.getLogger("vxrd")
 
 RETRY_FIRST = 0.5  # seconds before repeating a register round a server has not answered
+
+
+async def every(interval: float, action: Callable[[], Awaitable[None]]) -> None:
+    """Run `action` every `interval` seconds; a failure is logged, the timer goes on."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await action()
+        except Exception:
+            log.exception("periodic %s failed", getattr(action, "__name__", "task"))
 
 
 class Registrar:

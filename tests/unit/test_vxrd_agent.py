@@ -251,7 +251,7 @@ async def test_a_push_is_written_and_acked_inside_the_datagram_callback() -> Non
     agent.datagram(agent.clients[0], srv.snapshot(1, OWN, P2, P3), SERVER)
     assert flood(kern) == {P2, P3}  # never the own address
     assert kern.writes[-1][0] == "now" and client(agent).acks() == [((100, 1),)]
-    assert agent.programmed[5] == {P2, P3} and agent.mirror.get(5) == {P2, P3}
+    assert agent.planner.programmed[5] == {P2, P3} and agent.mirror.get(5) == {P2, P3}
     agent._due = None  # (the kick of the start-up rescan, no reconciler running here)
     agent.datagram(agent.clients[0], srv.delta(1, 2, (P4,), remove=(P2,)), SERVER)
     assert flood(kern) == {P3, P4} and client(agent).acks()[-1] == ((100, 2),)
