@@ -2,8 +2,7 @@
 
 SIGTERM and SIGINT set one stop event; the agent stops its tasks, the status
 socket and metrics endpoint close, the kernel sockets close, and the flood
-entries stay (fail-static) unless --flush-on-exit is set. Exit status 0; 2 for
-a configuration error, an unusable key file, or no CAP_NET_ADMIN (one line on stderr).
+entries stay (fail-static) unless --flush-on-exit is set. Exit status 0.
 SIGHUP re-reads the key file (a key rotation needs no restart).
 """
 
@@ -22,16 +21,11 @@ from schema.options import setup_logging
 from schema.wire import Codec
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
-from vxrd.kernel import Kernel, has_net_admin
+from vxrd.kernel import Kernel
 from vxrd.metrics import Metrics, start_http
 from vxrd.status import start_status, stop_status
 
 log = logging.getLogger("vxrd")
-
-NO_NET_ADMIN = (
-    "vxrd: needs CAP_NET_ADMIN to write flood entries (run as root, or with "
-    "AmbientCapabilities=CAP_NET_ADMIN in the systemd unit)"
-)
 
 
 def load_keyring(config: Config) -> Keyring | None:
@@ -118,9 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(argv)
     except ConfigError as exc:
         print(f"vxrd: {exc}", file=sys.stderr)
-        return 2
-    if not has_net_admin():
-        print(NO_NET_ADMIN, file=sys.stderr)
         return 2
     setup_logging(config.log_level)
     try:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from pyroute2 import netns as pr_netns
 
-from vxrd.model import Address, FdbChanged, FloodChange, Resync
+from vxrd.model import Address, ApplyError, ApplyResult, FdbChanged, FloodChange, Resync
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1
@@ -672,3 +672,18 @@ class FloodWatch:
                 yield batch
             else:
                 await ch.readable()
+
+
+def apply_result(
+    ops: list[FloodOp], codes: list[tuple[int, str]], errors: list[ApplyError]
+) -> ApplyResult:
+    """Count the requests the kernel took; the others join `errors`."""
+    added = removed = 0
+    for op, (code, text) in zip(ops, codes, strict=True):
+        if code:
+            errors.append(ApplyError(op.ifindex, op.address, code, text))
+        elif op.add:
+            added += 1
+        else:
+            removed += 1
+    return ApplyResult(added=added, removed=removed, errors=errors)

@@ -28,6 +28,7 @@ from pyroute2.netlink.rtnl import RTM_GETLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
+from vxrd.caps import NO_NET_ADMIN, NoNetAdmin, has_net_admin
 from vxrd.floodnl import FloodOp, KernelError
 from vxrd.links import link_event, parse_device
 from vxrd.model import (
@@ -46,6 +47,7 @@ from vxrd.model import (
 )
 
 __all__ = [
+    "NO_NET_ADMIN",
     "Address",
     "ApplyError",
     "ApplyResult",
@@ -58,6 +60,7 @@ __all__ = [
     "KernelEvent",
     "LinkChanged",
     "LinkRemoved",
+    "NoNetAdmin",
     "Resync",
     "VxlanDevice",
 ]
@@ -66,22 +69,6 @@ LINK_RCVBUF = 4 << 20  # link notification socket
 EVENT_RCVBUF = 32 << 20  # fdb notification socket: absorbs our own bulk writes
 LINK_BACKLOG = 65536  # link events kept for events() before they collapse into Resync
 GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
-
-
-CAP_NET_ADMIN = 12  # capability bit (linux/capability.h)
-
-
-def has_net_admin(status: str = "/proc/self/status") -> bool:
-    """Whether this process may write fdb entries: CAP_NET_ADMIN in its effective set.
-    Without it every flood-entry write fails (EPERM), so vxrd refuses to start."""
-    try:
-        with open(status, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except (OSError, ValueError, IndexError):
-        return True  # cannot tell (not Linux /proc): let the kernel say
-    return True
 
 
 async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
@@ -100,21 +87,6 @@ async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
         ipr.close()
         raise
     return ipr
-
-
-def _result(
-    ops: list[FloodOp], codes: list[tuple[int, str]], errors: list[ApplyError]
-) -> ApplyResult:
-    """Count the requests the kernel took; the others join `errors`."""
-    added = removed = 0
-    for op, (code, text) in zip(ops, codes, strict=True):
-        if code:
-            errors.append(ApplyError(op.ifindex, op.address, code, text))
-        elif op.add:
-            added += 1
-        else:
-            removed += 1
-    return ApplyResult(added=added, removed=removed, errors=errors)
 
 
 # --- the kernel layer -----------------------------------------------------------------
@@ -139,9 +111,12 @@ class Kernel:
         self._on_fdb: FdbListener | None = None  # events()' flood-entry listener
 
     async def open(self) -> None:
-        """Create the sockets; the notification sockets are bound here, before any dump."""
+        """Create the sockets; the notification sockets are bound here, before any dump.
+        Raises NoNetAdmin (an OSError) without CAP_NET_ADMIN."""
         if self._ipr is not None:
             return
+        if not has_net_admin():
+            raise NoNetAdmin()  # refuse to start rather than warn on every write
         try:
             self._ipr = await _iproute(self.netns)
             self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
@@ -250,7 +225,7 @@ class Kernel:
             for ifindex in unknown:
                 await self.get_vxlan(ifindex)
         ops, errors = self._ops(changes)
-        return _result(ops, await self._nl.write(ops), errors)
+        return floodnl.apply_result(ops, await self._nl.write(ops), errors)
 
     def apply_now(self, changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
         """apply() without waiting, for a membership change handled as it arrives.
@@ -266,7 +241,7 @@ class Kernel:
                 return None
         ops, errors = self._ops(changes)
         codes = self._nl.write_now(ops)
-        return None if codes is None else _result(ops, codes, errors)
+        return None if codes is None else floodnl.apply_result(ops, codes, errors)
 
     def _ops(self, changes: Mapping[int, FloodDiff]) -> tuple[list[FloodOp], list[ApplyError]]:
         """The requests for changes on known VXLAN devices (removes first), and an

@@ -21,9 +21,9 @@ import pytest
 from schema.validate import Address
 from schema.wire import Ack, Codec, Envelope, Membership, Register, Sequencer, address
 from vxrd.agent import Agent
+from vxrd.caps import has_net_admin
 from vxrd.client import ServerClient
 from vxrd.config import Config, ServerAddr
-from vxrd.kernel import has_net_admin
 from vxrd.model import (
     ApplyResult,
     FdbChanged,
