@@ -18,7 +18,7 @@ from schema.wire import (
     address,
     split_membership,
 )
-from vxrd.answers import ASSEMBLY_TIMEOUT, Outcome, ServerState, union_members
+from vxrd.answers import ASSEMBLY_TIMEOUT, Outcome, ServerState, counting, union_members
 from vxrd.client import RENEW_AFTER, ServerClient
 from vxrd.config import ServerAddr
 
@@ -360,3 +360,31 @@ def test_source_check_ipv6_spellings_and_scope() -> None:
     assert c.from_server("fe80::1%eth0")
     assert c.from_server("fe80::1")  # the scope id is not compared
     assert not c.from_server("fe80::2%eth0")
+
+
+# ------------------------------------------------------------ authority (issue 9)
+
+
+def test_a_registry_change_is_additive_for_a_hold_time_and_learning_until_it_ends() -> None:
+    st = ServerState()
+    st.handle(snap(100, 4, A, B), 10.0)
+    assert st.changed_at is None and not st.additive(10.0, 30)  # the first registry
+    out = st.handle(snap(100, 1, A, registry="r2"), 20.0)
+    assert out.reset and st.changed_at == 20.0
+    assert st.additive(49.9, 30) and not st.additive(50.0, 30)
+    assert st.additive_until(30) == 50.0
+    st.learning = True  # as after an answer saying learning (the wire half: vxsnd)
+    assert st.additive(60.0, 30)
+    out = st.handle_reply(Ack(ENV, "r2", ()), 61.0)
+    assert out.answered and out.authority and not st.learning and not st.additive(61.0, 30)
+
+
+def test_the_servers_that_count_are_the_live_ones_that_answered() -> None:
+    live, dead, mute = ServerState(), ServerState(), ServerState()
+    live.handle(snap(100, 1, A), 100.0)
+    dead.handle(snap(100, 1, A, B), 10.0)
+    mute.handle_reply(Ack(ENV, "r1", ()), 100.0)  # live, but said nothing of VNI 100
+    states = [live, dead, mute]
+    assert counting(states, 100, 100.0, 30) == [live, mute]
+    assert counting(states, 200, 100.0, 30) == states  # no live answer for 200: all
+    assert counting(states, 100, 20.0, 30) == states  # everyone heard within the hold
