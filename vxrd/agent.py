@@ -1,61 +1,57 @@
-"""The host agent: kernel discovery + control-plane clients + reconciler.
+"""The host agent: a thin asyncio driver around the planner (vxrd.planner).
 
-One asyncio loop runs: the kernel event stream, the reconciler (woken by
-membership changes at once, by fdb events after a few ms, by a timer), the
-register refresh timer, the server sockets, the status API and the optional
-metrics endpoint.
+Every task runs in one TaskGroup: the kernel event stream, the reconciler
+(woken by membership changes at once, by fdb events after a few ms, by a
+timer), the register timers (vxrd.registrar). The decisions are the pure
+planner's and the per-server protocol core's (vxrd.answers); this module reads
+the clock, feeds them, and carries out their answers through a `KernelPort`
+(vxrd.model; writes and mirror upkeep in vxrd.writer) and the server clients.
 
-A membership change is the hot path: it is normally reconciled, written and
-acked inside the callback that received the datagram (`_reconcile_at_once`),
-one wake-up of the process per push; the reconciler task takes over whenever
-that cannot run without waiting (a reconcile in progress, the kernel to be
-read first, a failed write). Both run the same plan (`_plan`).
+A membership change is the hot path: it is normally planned, written and acked
+inside the callback that received the datagram (`_reconcile_at_once`), one
+wake-up of the process per push; the reconciler task takes over whenever that
+cannot run without waiting (a reconcile in progress, the kernel to be read
+first, a failed write). Both run the same plan (`Planner.plan`). Plans are made
+against a mirror of the kernel's flood lists (vxrd.mirror) that fdb events and
+vxrd's own writes keep current; the kernel is read in full at start, after lost
+events and on the reconcile timer, which keeps the kernel the truth.
 
-The reconciler compares what the servers want with a mirror of the kernel's
-flood lists (vxrd.mirror), not with a fresh dump: the mirror follows fdb
-events and vxrd's own writes, so a membership change costs the entries that
-changed, not a read of every entry. The kernel is read again in full at start,
-after lost events and on the reconcile timer, which keeps the kernel the truth.
-
-Fail-static rules: entries are only written or removed for a VNI once a server
-has answered for it (until then whatever the kernel holds is adopted); losing a
-server keeps its last answer; stopping keeps the entries unless flushing was
-asked for (`leave`, --flush-on-exit).
+Fail-static rules: see vxrd.planner. Stopping keeps the entries unless
+flushing was asked for (`leave`, --flush-on-exit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from schema.keys import Keyring
 from schema.validate import Address
 from schema.wire import Codec
-from vxrd.client import Outcome, ServerClient, ServerState, union_members
+from vxrd.answers import ServerState
+from vxrd.client import ServerClient
 from vxrd.config import Config
-from vxrd.kernel import (
+from vxrd.metrics import Metrics
+from vxrd.mirror import FloodMirror
+from vxrd.model import (
     ApplyResult,
     FdbChanged,
-    FloodDiff,
-    Kernel,
     KernelEvent,
+    KernelPort,
     LinkChanged,
     LinkRemoved,
     Resync,
-    VxlanDevice,
 )
-from vxrd.metrics import Metrics
-from vxrd.mirror import FloodMirror, drifted
-from vxrd.reconcile import desired_for, reconcile
+from vxrd.planner import DOWN, MANAGED, DeviceView, Plan, Planner, classify
+from vxrd.registrar import Registrar, every
+from vxrd.writer import FloodWriter
 
 log = logging.getLogger("vxrd")
+
+__all__ = ["DOWN", "MANAGED", "Agent", "DeviceView", "classify"]
 
 FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before reconciling
 # a reconcile that fdb events trigger (someone else changed our entries) waits at least
@@ -63,86 +59,15 @@ FDB_DEBOUNCE = 0.005  # seconds: let a burst of fdb events settle before reconci
 FDB_MIN_GAP = 0.1
 STALE_LIMIT = 16  # more devices to re-read than this: one full dump instead
 LEAVE_REPEATS = 3  # hold-0 registers sent on leave (UDP may lose one)
-RETRY_FIRST = 0.5  # seconds before repeating a register round a server has not answered
-
-MANAGED = "managed"
-DOWN = "down"
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceView:
-    """A VXLAN device and what vxrd does with it."""
-
-    dev: VxlanDevice
-    status: str  # MANAGED, DOWN, or why it is left alone
-    local: Address | None  # effective VTEP address (device's own or --local)
-
-    @property
-    def eligible(self) -> bool:
-        """Ours to program: managed now, or down but kept (it may come back up)."""
-        return self.status in (MANAGED, DOWN)
-
-
-def classify(dev: VxlanDevice, config: Config) -> DeviceView:
-    if not any(fnmatch.fnmatchcase(dev.name, g) for g in config.include) or any(
-        fnmatch.fnmatchcase(dev.name, g) for g in config.exclude
-    ):
-        return DeviceView(dev, "excluded by configuration", None)
-    if dev.external or dev.vnifilter or dev.vni is None:
-        mode = "vnifilter" if dev.vnifilter else "external (collect-metadata)"
-        return DeviceView(dev, f"{mode} mode is not supported yet", None)
-    if dev.group is not None:
-        kind = "multicast group" if dev.group.is_multicast else "remote"
-        return DeviceView(dev, f"has {kind} {dev.group}", None)
-    local = dev.local or config.local
-    if local is None:
-        return DeviceView(dev, "no local address (set --local to manage it)", None)
-    return DeviceView(dev, MANAGED if dev.up else DOWN, local)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """One reconcile's decision (Agent._plan): the writes per device, the flood
-    lists decided on for the managed devices, and how many of the writes undo
-    changes made outside vxrd."""
-
-    diffs: dict[int, FloodDiff] = field(default_factory=dict)
-    programmed: dict[int, frozenset[Address]] = field(default_factory=dict)
-    repairs: int = 0
-
-
-# What the servers said about one VNI, as far as union_members looks at it: per server
-# (registry, generation, stale, members); members compared by identity (replaced,
-# never mutated, on change), the rest by value.
-_Sources = tuple[tuple[str, int, bool, frozenset[Address]] | None, ...]
-
-
-def _counting(heard: tuple[list[ServerState], list[ServerState]], vni: int) -> list[ServerState]:
-    """The servers whose answers count for `vni`: the live ones if any of them
-    answered for it, else all (see Agent._heard_states)."""
-    live, every = heard
-    return live if any(st.answered(vni) for st in live) else every
-
-
-def _sources(states: list[ServerState], vni: int) -> _Sources:
-    return tuple(
-        None if (v := st.vnis.get(vni)) is None else (st.registry, v.applied, v.stale, v.members)
-        for st in states
-    )
-
-
-def _same_sources(a: _Sources, b: _Sources) -> bool:
-    return len(a) == len(b) and all(
-        x is y or (x is not None and y is not None and x[:3] == y[:3] and x[3] is y[3])
-        for x, y in zip(a, b, strict=True)
-    )
 
 
 class Agent:
+    client_class: type[ServerClient] = ServerClient  # one per configured server
+
     def __init__(
         self,
         config: Config,
-        kernel: Kernel,
+        kernel: KernelPort,
         keyring: Keyring | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -151,39 +76,42 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.codec = Codec(keyring)
         self.started = time.time()
-        self.devices: dict[int, DeviceView] = {}
-        self._eligible_vnis: frozenset[int] | None = None  # of self.devices; None: recompute
+        self.planner = Planner(config)
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
-        self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
-        self.mirror = FloodMirror()  # the kernel's flood lists, between dumps
         self.clients = [
-            ServerClient(
-                s,
-                config.node_id,
-                self.codec,
-                self._on_change,
-                on_drop=self._count_drop,
-                wants=self._wants,
-            )
-            for s in config.servers
+            self.client_class(s, config.node_id, self.codec, self.datagram) for s in config.servers
         ]
+        self._index = {id(c): i for i, c in enumerate(self.clients)}
+        self.states: list[ServerState] = [c.state for c in self.clients]
         self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
+        self.registrar = Registrar(
+            self.clients,
+            self.metrics,
+            config.hold_time,
+            config.refresh_interval,
+            lambda: (self.serving, self._hold),
+        )
+        self.writer = FloodWriter(kernel, self.planner.mirror, self.metrics)
         self._pending_acks: dict[int, dict[int, int]] = {}  # client index -> vni -> gen
         self._wake = asyncio.Event()
         self._due: float | None = None
         self._lock = asyncio.Lock()  # reconcile vs. leave
-        self._logged: dict[int, str] = {}
         self._leaving = False
         self._reconcile_end = 0.0  # monotonic
-        # ifindex -> (what the servers said, as _sources() keys it; local; desired)
-        self._desired_cache: dict[
-            int, tuple[_Sources, Address | None, frozenset[Address] | None]
-        ] = {}
         self._registered = False  # the first register goes out even with no device
-        self._background: set[asyncio.Task[None]] = set()
+        self._errors = 0  # unexpected errors in the hot path (a bug): logged rate-limited
+        self.reconciles = 0  # reconciles run by the reconciler task (not the hot path)
         self.last_reconcile: float | None = None
         self.stop = asyncio.Event()
         self.left: dict[str, Any] | None = None
+
+    @property
+    def devices(self) -> dict[int, DeviceView]:
+        return self.planner.devices
+
+    @property
+    def mirror(self) -> FloodMirror:
+        return self.planner.mirror
 
     # ------------------------------------------------------------ lifecycle
 
@@ -210,11 +138,13 @@ class Agent:
             tasks = [
                 tg.create_task(self._events(), name="vxrd-events"),
                 tg.create_task(self._reconciler(), name="vxrd-reconcile"),
-                tg.create_task(self._timer(self.config.refresh_interval, self._refresh)),
-                tg.create_task(self._timer(self.config.reconcile_interval, self._tick)),
+                tg.create_task(self.registrar.run(), name="vxrd-registrar"),
+                tg.create_task(every(self.config.refresh_interval, self.registrar.all)),
+                tg.create_task(every(self.config.reconcile_interval, self._tick)),
             ]
             tasks += [
-                tg.create_task(self._retry(c), name=f"vxrd-retry-{c.name}") for c in self.clients
+                tg.create_task(self.registrar.retry(c), name=f"vxrd-retry-{c.name}")
+                for c in self.clients
             ]
             await self.stop.wait()
             for t in tasks:
@@ -227,132 +157,64 @@ class Agent:
             await c.close()
         await self.kernel.close()
 
-    def _wants(self, vni: int) -> bool:
-        """Whether a device of this VNI is ours: asked for every membership received,
-        so answered from a set kept between device changes, not a walk of them all."""
-        vnis = self._eligible_vnis
-        if vnis is None:
-            vnis = self._eligible_vnis = frozenset(
-                v.dev.vni for v in self.devices.values() if v.eligible and v.dev.vni is not None
-            )
-        return vni in vnis
-
-    def _count_drop(self, reason: str) -> None:
-        self.metrics.drops.labels(reason).inc()
-
-    async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await action()
-            except Exception:
-                log.exception("periodic %s failed", getattr(action, "__name__", "task"))
-
-    async def _refresh(self) -> None:
-        await self.register_all()
-
-    async def _retry(self, client: ServerClient) -> None:
-        """Repeat the register round to a server that has not answered it (not
-        listening yet, restarting, unreachable): after 0.5 s, then 1 s, 2 s, ...
-        capped at the refresh interval. An answer resets the back-off; a round sent
-        for any other reason (refresh, local change) restarts the wait."""
-        delay = RETRY_FIRST
-        cap = max(RETRY_FIRST, self.config.refresh_interval)
-        while True:
-            client.poke.clear()
-            if client.answered or client.round_sent is None or self._leaving:
-                delay = RETRY_FIRST
-                await client.poke.wait()
-                continue
-            wait = client.round_sent + delay - time.monotonic()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await client.poke.wait()
-                continue  # look again: answered, or a newer round
-            log.debug("server %s: no answer after %.1f s, registering again", client.name, delay)
-            try:
-                await client.send_register(self.serving, self._hold)
-            except Exception:
-                log.exception("server %s: register retry failed", client.name)
-            delay = min(delay * 2, cap)
-
     async def _tick(self) -> None:
         """The periodic reconcile reads the whole kernel again: whatever the mirror
         missed (a change no event reports) is corrected here."""
         self.mirror.invalidate()
         self.kick(0.0)
 
-    # ------------------------------------------------------------ devices
+    # ------------------------------------------------------------ control plane
 
-    def _note(self, view: DeviceView) -> None:
-        """One log line per device and reason, not one per rescan."""
-        if self._logged.get(view.dev.ifindex) == view.status:
+    @property
+    def _hold(self) -> int:
+        return 0 if self._leaving else self.config.hold_time
+
+    def datagram(self, client: ServerClient, data: bytes, source: str) -> None:
+        """A datagram from a server's socket, in the transport's callback: fed to the
+        client, and what it returns carried out here (re-acks, a register at once,
+        the kernel write and the acks). Never raises."""
+        out = client.receive(data, source, self.planner.wanted)
+        if out.dropped:
+            self.metrics.drops.labels(out.ignored).inc()
             return
-        self._logged[view.dev.ifindex] = view.status
-        d = view.dev
-        if view.status == MANAGED:
-            log.info("%s: managing VNI %s, local %s, port %s", d.name, d.vni, view.local, d.port)
-        elif view.status == DOWN:
-            log.info("%s: down, VNI %s withdrawn (flood entries kept)", d.name, d.vni)
-        else:
-            log.info("%s: left alone: %s", d.name, view.status)
+        if out.reacks:
+            client.send_ack(out.reacks)
+        if not (out.changed or out.reset or out.authority):
+            return
+        idx = self._index[id(client)]
+        acks = self._pending_acks.setdefault(idx, {})
+        for vni, gen in out.acks:
+            acks[vni] = max(gen, acks.get(vni, 0))
+        if out.reset:
+            self.registrar.soon(idx)
+        try:
+            done = self._reconcile_at_once()
+        except Exception as exc:  # a bug there must not keep the change from the kernel
+            self._errors += 1
+            if self._errors & (self._errors - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
+                log.error(
+                    "reconciling at once failed (%d so far): %r; the reconciler takes over",
+                    self._errors,
+                    exc,
+                    exc_info=self._errors == 1,
+                )
+            done = False
+        if not done:
+            self.kick(0.0)
 
-    def _set_device(self, dev: VxlanDevice) -> None:
-        if dev.ifindex not in self.devices:
-            # first sight: read its entries before trusting the mirror (a reused
-            # ifindex must not inherit a deleted device's entries)
-            self.mirror.mark_stale(dev.ifindex)
-        view = classify(dev, self.config)
-        self.devices[dev.ifindex] = view
-        self._eligible_vnis = None
-        self._note(view)
-
-    def _drop_device(self, ifindex: int) -> None:
-        view = self.devices.pop(ifindex, None)
-        self._eligible_vnis = None
-        self.programmed.pop(ifindex, None)
-        self.mirror.forget(ifindex)
-        self._desired_cache.pop(ifindex, None)
-        self._logged.pop(ifindex, None)
-        if view is not None and view.eligible:
-            log.info("%s: deleted, VNI %s withdrawn", view.dev.name, view.dev.vni)
+    # ------------------------------------------------------------ devices and events
 
     async def rescan(self) -> None:
-        devs = await self.kernel.list_vxlan()
-        seen = {d.ifindex for d in devs}
-        for ifindex in [i for i in self.devices if i not in seen]:
-            self._drop_device(ifindex)
-        for d in devs:
-            self._set_device(d)
+        self.planner.sync_devices(await self.kernel.list_vxlan())
         await self._after_device_change()
 
-    def serve_map(self) -> dict[int, Address]:
-        out: dict[int, Address] = {}
-        for ifindex in sorted(self.devices):
-            view = self.devices[ifindex]
-            if view.status != MANAGED or view.local is None or view.dev.vni is None:
-                continue
-            if view.dev.vni in out and out[view.dev.vni] != view.local:
-                log.warning(
-                    "%s: VNI %s already served with local %s; registering that one",
-                    view.dev.name,
-                    view.dev.vni,
-                    out[view.dev.vni],
-                )
-                continue
-            out.setdefault(view.dev.vni, view.local)
-        return out
-
     async def _after_device_change(self) -> None:
-        serve = self.serve_map()
-        self.metrics.managed_devices.set(
-            sum(1 for v in self.devices.values() if v.status == MANAGED)
-        )
+        serve = self.planner.serve_map()
+        self.metrics.managed_devices.set(self.planner.managed_count())
         if (serve != self.serving or not self._registered) and not self._leaving:
             self._registered = True
             self.serving = serve
-            await self.register_all()
+            await self.registrar.all()
         self.kick(0.0)
 
     async def _events(self) -> None:
@@ -371,18 +233,18 @@ class Agent:
     async def _event(self, ev: KernelEvent) -> None:
         try:
             if isinstance(ev, FdbChanged):  # not sent here while _fdb_event listens
-                self._fdb_changed(ev)
+                self._fdb_event(ev)
             elif isinstance(ev, LinkChanged):
                 dev = ev.device
                 if dev is None:  # the notification lacked what we need: ask
                     dev = await self.kernel.get_vxlan(ev.ifindex)
                 if dev is None:
-                    self._drop_device(ev.ifindex)
+                    self.planner.drop_device(ev.ifindex)
                 else:
-                    self._set_device(dev)
+                    self.planner.set_device(dev)
                 await self._after_device_change()
             elif isinstance(ev, LinkRemoved):
-                self._drop_device(ev.ifindex)
+                self.planner.drop_device(ev.ifindex)
                 await self._after_device_change()
             elif isinstance(ev, Resync):
                 log.warning("kernel events lost (%s): full rescan", ev.reason)
@@ -393,62 +255,17 @@ class Agent:
             await self.rescan()
 
     def _fdb_event(self, ev: FdbChanged | Resync) -> None:
-        """Flood-entry events, handed over by the kernel layer as soon as they are
-        read. Lost neighbour notifications only make the mirror untrustworthy:
-        the next reconcile, asked for at once, reads every flood list again
-        (links are followed on their own socket, with their own Resync)."""
+        """Flood-entry events: from the kernel's watcher, or read back right after a
+        write of ours. Lost notifications make the mirror untrustworthy: the next
+        reconcile, asked for at once, reads every flood list again. A change that
+        moves a managed device away from its plan asks for a reconcile."""
         if isinstance(ev, Resync):
             log.warning("flood entry events lost (%s): reading the kernel again", ev.reason)
             self.mirror.invalidate()
             self.kick(0.0)
-        else:
-            self._fdb_changed(ev)
-
-    def _fdb_changed(self, ev: FdbChanged) -> None:
-        """Follow flood-entry events in the mirror. A change vxrd did not know of
-        that moves a managed device away from what vxrd wants (an entry of ours
-        deleted by hand, an extra one added) asks for a reconcile; the echo of
-        vxrd's own write, or a change that agrees with it, asks for nothing."""
-        news = self.mirror.apply(ev.changes)
-        if not news:
-            return
-        for ifindex in drifted(self.programmed, news):
-            view = self.devices.get(ifindex)
-            if view is not None and view.status == MANAGED:
-                gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
-                self.kick(max(FDB_DEBOUNCE, gap))
-                return
-
-    # ------------------------------------------------------------ control plane
-
-    async def register_all(self) -> None:
-        hold = 0 if self._leaving else self.config.hold_time
-        for c in self.clients:
-            await c.send_register(self.serving, hold)
-        self.metrics.registers.inc()
-
-    def _on_change(self, client: ServerClient, out: Outcome) -> None:
-        idx = self.clients.index(client)
-        acks = self._pending_acks.setdefault(idx, {})
-        for vni, gen in out.acks:
-            acks[vni] = max(gen, acks.get(vni, 0))
-        if out.reset:  # a new registry: report at once so it answers for every VNI
-            task = asyncio.get_running_loop().create_task(
-                client.send_register(self.serving, self._hold)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        try:
-            done = self._reconcile_at_once()
-        except Exception:  # a bug there must not keep the change from the kernel
-            log.exception("reconciling at once failed; the reconciler takes over")
-            done = False
-        if not done:
-            self.kick(0.0)
-
-    @property
-    def _hold(self) -> int:
-        return 0 if self._leaving else self.config.hold_time
+        elif self.planner.drift(ev.changes):
+            gap = self._reconcile_end + FDB_MIN_GAP - time.monotonic()
+            self.kick(max(FDB_DEBOUNCE, gap))
 
     # ------------------------------------------------------------ reconcile
 
@@ -471,6 +288,7 @@ class Agent:
                         await self._wake.wait()
                 self._wake.clear()
             self._due = None
+            self.reconciles += 1
             try:
                 await self.reconcile_now()
             except OSError as exc:
@@ -478,16 +296,17 @@ class Agent:
                 self.kick(1.0)
 
     async def reconcile_now(self) -> None:
-        """Make every managed device's flood list the union of what servers said."""
+        """Make every managed device's flood list what the planner decides."""
         async with self._lock:
             if self._leaving:
                 return
             acks, self._pending_acks = self._pending_acks, {}
             await self._read_kernel()
-            plan = self._plan()
-            self._commit(plan)
+            now = time.monotonic()
+            plan = self.planner.plan(self.states, now)
+            self._commit(plan, now)
             if plan.diffs:
-                await self._apply(plan.diffs)
+                await self.writer.apply(plan.diffs)
             self._reconcile_end = time.monotonic()
         self._send_acks(acks)
 
@@ -497,35 +316,28 @@ class Agent:
         of the process per push. Returns False (the caller kicks the reconciler)
         when it cannot run so: a reconcile or leave holds the lock, the mirror
         must be read first (never read, events lost, a device stale), or the
-        kernel cannot write without waiting (kernel.apply_now). The plan is the
-        same as reconcile_now's (_plan); only the scheduling differs.
+        kernel cannot write without waiting (apply_now). The plan is the same.
 
         When a write fails (or its outcome is unknown), the acks wait: the
         devices are marked stale and the reconciler reads them again, writes
         and acks. Right after a write, the echo of it that the kernel queued
-        is read (kernel.read_fdb), so it does not wake the process again.
+        is read (read_fdb), so it does not wake the process again.
         """
         if self._leaving or self._lock.locked() or not self.mirror.complete:
             return False
-        if self._stale_managed():
+        if self.planner.stale_managed():
             return False
-        plan = self._plan()
+        now = time.monotonic()
+        plan = self.planner.plan(self.states, now)
         result: ApplyResult | None = None
         if plan.diffs:
-            t0 = time.perf_counter()
-            try:
-                result = self.kernel.apply_now(plan.diffs)
-            except OSError as exc:
-                log.warning("flood entry write failed: %s (retrying)", exc)
-                for ifindex in plan.diffs:  # unknown how far it got
-                    self.mirror.mark_stale(ifindex)
-                return False
+            result = self.writer.apply_now(plan.diffs)
             if result is None:
                 return False  # nothing written: the reconciler plans again
-        self._commit(plan)
+        self._commit(plan, now)
         if result is not None:
-            self._record(plan.diffs, result, t0)
-            self.kernel.read_fdb()
+            for ev in self.kernel.read_fdb():
+                self._fdb_event(ev)
             if result.errors:
                 return False
         self._reconcile_end = time.monotonic()
@@ -533,127 +345,29 @@ class Agent:
         self._send_acks(acks)
         return True
 
-    def _plan(self) -> _Plan:
-        """What to write so every managed device holds the union of what the
-        servers said, from the mirror (no I/O, no change to the agent: _commit)."""
-        states = self._heard_states()
-        plan = _Plan()
-        for ifindex, view in self.devices.items():
-            if view.status != MANAGED or view.dev.vni is None:
-                continue
-            desired = self._desired(ifindex, view, states)
-            if desired is None:
-                continue  # no server answered yet: adopt what the kernel holds
-            diff = reconcile(desired, self.mirror.get(ifindex))
-            before = self.programmed.get(ifindex)
-            if before is not None:
-                plan.repairs += len(diff.add & before) + len(diff.remove - before)
-            plan.programmed[ifindex] = desired
-            if not diff.empty:
-                plan.diffs[ifindex] = diff
-        return plan
-
-    def _commit(self, plan: _Plan) -> None:
-        """The plan is being carried out: remember what was decided, count it."""
-        self.programmed.update(plan.programmed)
+    def _commit(self, plan: Plan, now: float) -> None:
+        """The plan is being carried out: remember it, count it, and plan again
+        when a server's additive period ends by the clock."""
+        self.planner.commit(plan)
         self.metrics.reconcile_runs.inc()
         self.last_reconcile = time.time()
         if plan.repairs:
             self.metrics.reconcile_repairs.inc(plan.repairs)
             log.info("repaired %d flood entries changed outside vxrd", plan.repairs)
+        until = self.planner.next_authority(self.states, now)
+        if until is not None:
+            self.kick(until - now)
 
     def _send_acks(self, acks: dict[int, dict[int, int]]) -> None:
         for idx, applied in acks.items():
             self.clients[idx].send_ack(sorted(applied.items()))
 
-    def _stale_managed(self) -> list[int]:
-        """Managed devices whose mirror must be read before it is trusted."""
-        return [
-            i
-            for i in self.mirror.stale()
-            if (view := self.devices.get(i)) is not None and view.status == MANAGED
-        ]
-
     async def _read_kernel(self) -> None:
         """Bring the mirror up to date where it cannot be trusted: everything after
         start, lost events or the timer; else the managed devices marked stale."""
-        stale = self._stale_managed()
+        stale = self.planner.stale_managed()
         full = not self.mirror.complete or len(stale) > STALE_LIMIT
-        for ifindex in [None] if full else stale:
-            self.mirror.begin_read()  # events read during the dump go on top of it
-            try:
-                found = await self.kernel.flood_entries(ifindex)
-            except BaseException:
-                self.mirror.abort_read()
-                raise
-            if ifindex is None:
-                self.mirror.load(found)
-            else:
-                self.mirror.load_device(ifindex, found.get(ifindex, ()))
-
-    def _heard_states(self) -> tuple[list[ServerState], list[ServerState]]:
-        """(servers heard within the hold time, all servers). A server silent for longer
-        (three missed register answers) is presumed down: its last answer no longer
-        counts while a live server answers for the VNI, so it cannot hold back a leave.
-        With no live answer, every last answer counts (fail-static)."""
-        cutoff = time.time() - self.config.hold_time
-        every = [c.state for c in self.clients]
-        live = [
-            c.state for c in self.clients if c.last_contact is not None and c.last_contact >= cutoff
-        ]
-        return live, every
-
-    def _desired(
-        self,
-        ifindex: int,
-        view: DeviceView,
-        states: tuple[list[ServerState], list[ServerState]],
-    ) -> frozenset[Address] | None:
-        """desired_for() of what the servers said (union_members of the live ones, else
-        of all), cached while that input and the local address stay the same."""
-        vni = view.dev.vni
-        assert vni is not None
-        members_from = _counting(states, vni)
-        sources = _sources(members_from, vni)
-        hit = self._desired_cache.get(ifindex)
-        if hit is not None and hit[1] == view.local and _same_sources(hit[0], sources):
-            return hit[2]
-        members = union_members(members_from, vni)
-        desired = None if members is None else desired_for(members, view.local)
-        self._desired_cache[ifindex] = (sources, view.local, desired)
-        return desired
-
-    async def _apply(self, diffs: dict[int, FloodDiff]) -> None:
-        """Write, and record in the mirror what the kernel took."""
-        t0 = time.perf_counter()
-        try:
-            result = await self.kernel.apply(diffs)
-        except BaseException:
-            for ifindex in diffs:  # unknown how far it got
-                self.mirror.mark_stale(ifindex)
-            raise
-        self._record(diffs, result, t0)
-
-    def _record(self, diffs: dict[int, FloodDiff], result: ApplyResult, t0: float) -> None:
-        """A write's outcome: into the mirror (a device with a failed entry turns
-        stale), the metrics and the log."""
-        self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
-        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
-        if result.added:  # a metric update takes a lock: none for nothing
-            self.metrics.fdb_adds.inc(result.added)
-        if result.removed:
-            self.metrics.fdb_removes.inc(result.removed)
-        if result.errors:
-            self.metrics.fdb_errors.inc(len(result.errors))
-            first = result.errors[0]
-            log.warning(
-                "%d flood entry writes failed (first: ifindex %d dst %s: %s)",
-                len(result.errors),
-                first.ifindex,
-                first.address,
-                first.message,
-            )
-        log.debug("applied %s: +%d -%d", diffs, result.added, result.removed)
+        await self.writer.read(None if full else stale)
 
     # ------------------------------------------------------------ leave
 
@@ -662,20 +376,13 @@ class Agent:
         async with self._lock:
             if self.left is not None:
                 return self.left
-            self._leaving = True
+            self._leaving = self.registrar.paused = True
             for i in range(LEAVE_REPEATS):
                 if i:
                     await asyncio.sleep(0.02)
-                await self.register_all()
-            actual_all = await self.kernel.flood_entries()
-            diffs = {
-                ifindex: FloodDiff(remove=frozenset(actual_all[ifindex]))
-                for ifindex, view in self.devices.items()
-                if view.eligible and actual_all.get(ifindex)
-            }
-            if diffs:
-                await self._apply(diffs)
-            self.programmed.clear()
+                await self.registrar.all()
+            diffs = await self.writer.flush(i for i, v in self.devices.items() if v.eligible)
+            self.planner.programmed.clear()
             self.left = {
                 "servers": [c.name for c in self.clients],
                 "devices": sorted(self.devices[i].dev.name for i in diffs),
@@ -688,95 +395,3 @@ class Agent:
                 len(diffs),
             )
             return self.left
-
-    # ------------------------------------------------------------ status views
-
-    def status(self) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "node_id": self.config.node_id,
-            "hostname": socket.gethostname(),
-            "uptime": round(now - self.started, 3),
-            "leaving": self._leaving,
-            "last_reconcile": self.last_reconcile,
-            "servers": [
-                {
-                    "server": c.name,
-                    "address": None if c.address is None else c.address[0],
-                    "registry": c.state.registry or None,
-                    "last_contact": c.last_contact,
-                    "answered": c.answered,
-                    "seconds_since_contact": None
-                    if c.last_contact is None
-                    else round(now - c.last_contact, 3),
-                    "vnis": len(c.state.vnis),
-                    "dropped": dict(c.drops),
-                }
-                for c in self.clients
-            ],
-            "devices": {
-                "managed": sum(1 for v in self.devices.values() if v.status == MANAGED),
-                "total": len(self.devices),
-            },
-        }
-
-    async def device_list(self) -> list[dict[str, Any]]:
-        actual = await self.kernel.flood_entries()
-        out = []
-        for ifindex in sorted(self.devices):
-            v = self.devices[ifindex]
-            d = v.dev
-            out.append(
-                {
-                    "ifindex": ifindex,
-                    "name": d.name,
-                    "vni": d.vni,
-                    "local": None if v.local is None else str(v.local),
-                    "port": d.port,
-                    "up": d.up,
-                    "state": v.status if v.eligible else "ignored",
-                    "reason": None if v.eligible else v.status,
-                    "entries": len(actual.get(ifindex, ())),
-                }
-            )
-        return out
-
-    async def peers(self, vni: int | None = None) -> list[dict[str, Any]]:
-        actual = await self.kernel.flood_entries()
-        by_vni: dict[int, list[DeviceView]] = {}
-        for v in self.devices.values():
-            if v.eligible and v.dev.vni is not None:
-                by_vni.setdefault(v.dev.vni, []).append(v)
-        vnis = set(by_vni) | {n for c in self.clients for n in c.state.vnis}
-        if vni is not None:
-            vnis &= {vni}
-        out = []
-        for n in sorted(vnis):
-            servers = {}
-            for c in self.clients:
-                st = c.state.vnis.get(n)
-                if st is not None:
-                    servers[c.name] = {
-                        "generation": st.applied,
-                        "stale": st.stale,
-                        "members": sorted(str(a) for a in st.members),
-                    }
-            members = union_members(_counting(self._heard_states(), n), n)
-            devs = by_vni.get(n, [])
-            out.append(
-                {
-                    "vni": n,
-                    "devices": [
-                        {
-                            "name": v.dev.name,
-                            "local": None if v.local is None else str(v.local),
-                            "state": v.status,
-                            "flood": sorted(str(a) for a in actual.get(v.dev.ifindex, ())),
-                        }
-                        for v in devs
-                    ],
-                    "members": None if members is None else sorted(str(a) for a in members),
-                    "servers": servers,
-                }
-            )
-        return out

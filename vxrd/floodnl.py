@@ -31,8 +31,7 @@ from typing import NamedTuple
 
 from pyroute2 import netns as pr_netns
 
-from vxrd.mirror import FloodChange
-from vxrd.reconcile import Address
+from vxrd.model import Address, ApplyError, ApplyResult, FdbChanged, FloodChange, Resync
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1
@@ -84,6 +83,16 @@ class Lost(NamedTuple):
     """Neighbour notifications were lost; the reader must rescan."""
 
     reason: str
+
+
+def events_of(batch: Sequence[FloodChange | Lost]) -> list[FdbChanged | Resync]:
+    """A batch read from the notification socket as events: Resync for each loss,
+    one FdbChanged for the changes."""
+    out: list[FdbChanged | Resync] = [Resync(i.reason) for i in batch if isinstance(i, Lost)]
+    changes = tuple(i for i in batch if not isinstance(i, Lost))
+    if changes:
+        out.append(FdbChanged(changes))
+    return out
 
 
 class FloodOp(NamedTuple):
@@ -663,3 +672,18 @@ class FloodWatch:
                 yield batch
             else:
                 await ch.readable()
+
+
+def apply_result(
+    ops: list[FloodOp], codes: list[tuple[int, str]], errors: list[ApplyError]
+) -> ApplyResult:
+    """Count the requests the kernel took; the others join `errors`."""
+    added = removed = 0
+    for op, (code, text) in zip(ops, codes, strict=True):
+        if code:
+            errors.append(ApplyError(op.ifindex, op.address, code, text))
+        elif op.add:
+            added += 1
+        else:
+            removed += 1
+    return ApplyResult(added=added, removed=removed, errors=errors)

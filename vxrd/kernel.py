@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable, Container, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
@@ -30,11 +28,26 @@ from pyroute2.netlink.rtnl import RTM_GETLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from vxrd import floodnl
+from vxrd.caps import NO_NET_ADMIN, NoNetAdmin, has_net_admin
 from vxrd.floodnl import FloodOp, KernelError
-from vxrd.mirror import FloodChange
-from vxrd.reconcile import Address, FloodDiff
+from vxrd.links import link_event, parse_device
+from vxrd.model import (
+    Address,
+    ApplyError,
+    ApplyResult,
+    FdbChanged,
+    FdbListener,
+    FloodChange,
+    FloodDiff,
+    KernelEvent,
+    LinkChanged,
+    LinkRemoved,
+    Resync,
+    VxlanDevice,
+)
 
 __all__ = [
+    "NO_NET_ADMIN",
     "Address",
     "ApplyError",
     "ApplyResult",
@@ -47,197 +60,15 @@ __all__ = [
     "KernelEvent",
     "LinkChanged",
     "LinkRemoved",
+    "NoNetAdmin",
     "Resync",
     "VxlanDevice",
 ]
 
-IFF_UP = 0x1
-IFLA_VXLAN_VNIFILTER = 30  # not in pyroute2 0.9.7's vxlan attribute map
 LINK_RCVBUF = 4 << 20  # link notification socket
 EVENT_RCVBUF = 32 << 20  # fdb notification socket: absorbs our own bulk writes
-_LINK_ATTRS = frozenset(("IFLA_IFNAME", "IFLA_OPERSTATE", "IFLA_LINKINFO"))
-_INFO_ATTRS = frozenset(("IFLA_INFO_KIND", "IFLA_INFO_DATA"))
-_VXLAN_ATTRS = frozenset(
-    f"IFLA_VXLAN_{n}"
-    for n in ("ID", "LOCAL", "LOCAL6", "GROUP", "GROUP6", "PORT", "COLLECT_METADATA")
-)
 LINK_BACKLOG = 65536  # link events kept for events() before they collapse into Resync
 GET_LIMIT = 16  # apply(): up to this many devices are checked one by one, more by a dump
-
-
-# --- data --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class VxlanDevice:
-    """One VXLAN netdevice as the kernel reports it.
-
-    `group` is IFLA_VXLAN_GROUP/GROUP6: a multicast group, or the unicast
-    `remote` of a point-to-point device. Either way the device already has a
-    default destination (and an all-zero fdb entry for it) and is not ours.
-    """
-
-    ifindex: int
-    name: str
-    vni: int | None  # None for external (collect-metadata) devices
-    local: Address | None
-    port: int
-    group: Address | None
-    up: bool
-    external: bool
-    vnifilter: bool
-
-
-class ApplyError(NamedTuple):
-    """One fdb request the kernel refused (errno), or whose ACK never came."""
-
-    ifindex: int
-    address: Address
-    errno: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """Counts are requests that succeeded, not entries that changed: appending a
-    present dst and deleting an absent one both succeed silently (a delete on a
-    device with no flood entry at all, ENOENT, counts as done too). Read back
-    with `Kernel.flood_entries()` when the truth matters."""
-
-    added: int = 0
-    removed: int = 0
-    errors: list[ApplyError] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LinkChanged:
-    """A VXLAN device appeared or changed: `device` as the notification describes
-    it, or None when the notification lacked attributes needed for it (the
-    caller then re-reads the device with get_vxlan)."""
-
-    ifindex: int
-    device: VxlanDevice | None = None
-
-
-@dataclass(frozen=True)
-class LinkRemoved:
-    """A VXLAN device was deleted."""
-
-    ifindex: int
-
-
-@dataclass(frozen=True)
-class FdbChanged:
-    """Flood destinations (all-zero fdb entries) that appeared or went away, in
-    kernel order; repeats of one (device, destination) collapsed into the last."""
-
-    changes: tuple[FloodChange, ...]
-
-
-@dataclass(frozen=True)
-class Resync:
-    """Notifications were lost (ENOBUFS): the caller must rescan everything."""
-
-    reason: str
-
-
-KernelEvent = LinkChanged | LinkRemoved | FdbChanged | Resync
-FdbListener = Callable[[FdbChanged | Resync], None]
-
-
-# --- link messages ----------------------------------------------------------------
-
-
-def _ip(value: object) -> Address | None:
-    """pyroute2's address string -> address; None when absent or unspecified."""
-    if not isinstance(value, str):
-        return None
-    a = ipaddress.ip_address(value)
-    return None if a.is_unspecified else a
-
-
-def _pick(msg: Any, names: frozenset[str]) -> dict[str, Any]:
-    """The values of the named attributes; pyroute2 decodes only those (lazily)."""
-    return {slot.name: slot.value for slot in msg["attrs"] if slot.name in names}
-
-
-def _device(msg: Any) -> VxlanDevice | None:
-    """A VxlanDevice from pyroute2's parsed ifinfmsg, None if the link is not VXLAN."""
-    top = _pick(msg, _LINK_ATTRS)
-    info = _pick(top["IFLA_LINKINFO"], _INFO_ATTRS) if "IFLA_LINKINFO" in top else {}
-    if info.get("IFLA_INFO_KIND") != "vxlan":
-        return None
-    return _vxlan_device(msg, top, info.get("IFLA_INFO_DATA"))
-
-
-def _vxlan_device(msg: Any, top: dict[str, Any], data: Any) -> VxlanDevice:
-    """The VxlanDevice of a VXLAN link message: `top` its picked link attributes,
-    `data` its IFLA_INFO_DATA (IFLA_LINKINFO -> IFLA_INFO_KIND 'vxlan' ->
-    IFLA_INFO_DATA).
-
-    pyroute2 decodes attribute values lazily, on first access: only the
-    attributes used here are touched. pyroute2 0.9.7 does not know
-    IFLA_VXLAN_VNIFILTER (type 30) and keeps it as an UNKNOWN attribute with
-    its raw header; its one-byte value is read from the buffer pyroute2 keeps
-    (data, offset). vnifilter devices are always external (collect_metadata),
-    which vxrd leaves alone anyway; should a later pyroute2 stop exposing the
-    raw attribute, vnifilter reads False and nothing else changes.
-    """
-    found: dict[str, Any] = {}
-    vnifilter = False
-    for slot in data["attrs"] if data is not None else ():
-        name = slot.name
-        if name in _VXLAN_ATTRS:
-            found[name] = slot.value
-        elif name == "UNKNOWN":
-            nla = slot.nla
-            if nla["header"]["type"] == IFLA_VXLAN_VNIFILTER and nla["header"]["length"] > 4:
-                vnifilter = bool(nla.data[nla.offset + 4])
-    external = bool(found.get("IFLA_VXLAN_COLLECT_METADATA"))
-    operstate = top.get("IFLA_OPERSTATE")
-    return VxlanDevice(
-        ifindex=msg["index"],
-        name=top.get("IFLA_IFNAME") or "",
-        vni=None if external else found.get("IFLA_VXLAN_ID"),
-        local=_ip(found.get("IFLA_VXLAN_LOCAL")) or _ip(found.get("IFLA_VXLAN_LOCAL6")),
-        port=found.get("IFLA_VXLAN_PORT", 4789),
-        group=_ip(found.get("IFLA_VXLAN_GROUP")) or _ip(found.get("IFLA_VXLAN_GROUP6")),
-        up=bool(msg["flags"] & IFF_UP) and operstate not in ("DOWN", "LOWERLAYERDOWN"),
-        external=external,
-        vnifilter=vnifilter,
-    )
-
-
-def _link_event(msg: Any, known: Container[int]) -> KernelEvent | None:
-    """A link notification -> LinkChanged/LinkRemoved for VXLAN devices, else None.
-
-    The kernel's notifications carry the whole link (name, flags, operstate,
-    IFLA_LINKINFO with the VXLAN data), so LinkChanged carries the device
-    parsed from the message itself and the caller does not ask the kernel
-    again. A message without what the device needs (no IFLA_LINKINFO,
-    IFLA_INFO_DATA or name) about an ifindex known to be VXLAN (`known`)
-    still counts, with device None: the caller re-reads that one.
-    """
-    top = _pick(msg, _LINK_ATTRS)
-    index = msg["index"]
-    linkinfo = top.get("IFLA_LINKINFO")
-    data = None
-    if linkinfo is None:
-        if index not in known:
-            return None
-    else:
-        info = _pick(linkinfo, _INFO_ATTRS)
-        if info.get("IFLA_INFO_KIND") != "vxlan":
-            return None
-        data = info.get("IFLA_INFO_DATA")
-    event = msg.get("event")
-    if event == "RTM_NEWLINK":
-        if data is None or "IFLA_IFNAME" not in top:
-            return LinkChanged(index)
-        return LinkChanged(index, _vxlan_device(msg, top, data))
-    if event == "RTM_DELLINK":
-        return LinkRemoved(index)
-    return None
 
 
 async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
@@ -256,21 +87,6 @@ async def _iproute(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> Any:
         ipr.close()
         raise
     return ipr
-
-
-def _result(
-    ops: list[FloodOp], codes: list[tuple[int, str]], errors: list[ApplyError]
-) -> ApplyResult:
-    """Count the requests the kernel took; the others join `errors`."""
-    added = removed = 0
-    for op, (code, text) in zip(ops, codes, strict=True):
-        if code:
-            errors.append(ApplyError(op.ifindex, op.address, code, text))
-        elif op.add:
-            added += 1
-        else:
-            removed += 1
-    return ApplyResult(added=added, removed=removed, errors=errors)
 
 
 # --- the kernel layer -----------------------------------------------------------------
@@ -295,9 +111,12 @@ class Kernel:
         self._on_fdb: FdbListener | None = None  # events()' flood-entry listener
 
     async def open(self) -> None:
-        """Create the sockets; the notification sockets are bound here, before any dump."""
+        """Create the sockets; the notification sockets are bound here, before any dump.
+        Raises NoNetAdmin (an OSError) without CAP_NET_ADMIN."""
         if self._ipr is not None:
             return
+        if not has_net_admin():
+            raise NoNetAdmin()  # refuse to start rather than warn on every write
         try:
             self._ipr = await _iproute(self.netns)
             self._links = await _iproute(self.netns, RTMGRP_LINK, LINK_RCVBUF)
@@ -355,7 +174,7 @@ class Kernel:
         devices: list[VxlanDevice] = []
         try:
             async for link in dump:
-                dev = _device(link)
+                dev = parse_device(link)
                 if dev is not None:
                     devices.append(dev)
         except NetlinkError as exc:
@@ -372,7 +191,7 @@ class Kernel:
                 raise KernelError(exc.code, f"link get failed: {exc}") from exc
             links = []
         for link in links:
-            dev = _device(link)
+            dev = parse_device(link)
             if dev is not None:
                 self._vxlan.add(ifindex)
                 return dev
@@ -406,7 +225,7 @@ class Kernel:
             for ifindex in unknown:
                 await self.get_vxlan(ifindex)
         ops, errors = self._ops(changes)
-        return _result(ops, await self._nl.write(ops), errors)
+        return floodnl.apply_result(ops, await self._nl.write(ops), errors)
 
     def apply_now(self, changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
         """apply() without waiting, for a membership change handled as it arrives.
@@ -422,7 +241,7 @@ class Kernel:
                 return None
         ops, errors = self._ops(changes)
         codes = self._nl.write_now(ops)
-        return None if codes is None else _result(ops, codes, errors)
+        return None if codes is None else floodnl.apply_result(ops, codes, errors)
 
     def _ops(self, changes: Mapping[int, FloodDiff]) -> tuple[list[FloodOp], list[ApplyError]]:
         """The requests for changes on known VXLAN devices (removes first), and an
@@ -441,25 +260,24 @@ class Kernel:
                 ops.extend(FloodOp(True, ifindex, a) for a in diff.add)
         return ops, errors
 
-    def read_fdb(self) -> None:
-        """Hand the flood-entry notifications queued now to the events() listener
-        at once, in kernel order, instead of at the watcher's next wake-up.
+    def read_fdb(self) -> list[FdbChanged | Resync]:
+        """The flood-entry notifications queued now, in kernel order, returned
+        to the caller instead of waiting for the watcher's next wake-up.
 
         A writer calls it right after a synchronous write: the echo of the write
         is queued by then, and reading it here costs no second wake-up of the
-        process. Without a listener (events() not running or run without one)
-        it does nothing. Never raises: a socket error is left for the watcher,
-        which hits it on its next read and ends events() with it.
+        process, and no call back into the writer. Never raises: a socket error
+        is left for the watcher, which hits it on its next read and ends
+        events() with it.
         """
-        fdb, listener = self._fdb, self._on_fdb
-        if fdb is None or listener is None:
-            return
+        fdb = self._fdb
+        if fdb is None:
+            return []
         try:
             batch = fdb.read_now()
         except OSError:
-            return
-        if batch:
-            self._deliver(batch, listener)
+            return []
+        return floodnl.events_of(batch) if batch else []
 
     # -- events ------------------------------------------------------------------------
 
@@ -475,9 +293,9 @@ class Kernel:
 
         With `on_fdb`, flood-entry events (FdbChanged, and Resync when
         neighbour notifications were lost) are not yielded but passed to it as
-        soon as they are read, synchronously, by the watcher or by read_fdb():
-        no hop through the stream, and a writer can collect the echo of its own
-        write without a wake-up. on_fdb must not block.
+        soon as the watcher reads them, synchronously: no hop through the
+        stream. A writer collects the echo of its own write with read_fdb()
+        instead, without a wake-up. on_fdb must not block.
         """
         if self._fdb is None:
             raise KernelError(errno.EBADF, "Kernel is not open")
@@ -511,20 +329,11 @@ class Kernel:
     ) -> None:
         """One batch read from the notification socket: to the listener, or into
         the stream as FdbChanged (and Resync for a loss)."""
-        changes: list[FloodChange] = []
-        for item in batch:
-            if isinstance(item, floodnl.Lost):
-                if listener is None:
-                    self._queue.put_nowait(Resync(item.reason))
-                else:
-                    listener(Resync(item.reason))
-            else:
-                changes.append(item)
-        if changes:
+        for ev in floodnl.events_of(batch):
             if listener is None:
-                self._queue.put_nowait(FdbChanged(tuple(changes)))
+                self._queue.put_nowait(ev)
             else:
-                listener(FdbChanged(tuple(changes)))
+                listener(ev)
 
     async def _watch_fdb(self, watch: floodnl.FloodWatch) -> None:
         """While events() runs: flood-entry notifications from floodnl to the
@@ -563,7 +372,7 @@ class Kernel:
         while self._links is not None:
             try:
                 async for msg in self._links.get():
-                    event = _link_event(msg, self._vxlan)
+                    event = link_event(msg, self._vxlan)
                     if event is not None:
                         yield event
             except OSError as exc:

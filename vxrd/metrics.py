@@ -63,6 +63,11 @@ class Metrics:
         self.registers = Counter(
             "vxrd_register_rounds", "Register rounds sent (all servers)", registry=r
         )
+        self.incarnations = Counter(
+            "vxrd_incarnation_renewals",
+            "New incarnations picked because a server stopped answering this one",
+            registry=r,
+        )
         self.managed_devices = Gauge(
             "vxrd_managed_devices", "VXLAN devices registered and programmed", registry=r
         )

@@ -27,19 +27,11 @@ first destination and notifies only the new one; the periodic dump fixes it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
-from typing import NamedTuple
 
-from vxrd.reconcile import Address, FloodDiff
+from schema.validate import Address
+from vxrd.model import FloodChange, FloodDiff
 
-__all__ = ["FloodChange", "FloodMirror", "drifted"]
-
-
-class FloodChange(NamedTuple):
-    """One flood destination appeared (present=True) or went away on one device."""
-
-    ifindex: int
-    address: Address
-    present: bool
+__all__ = ["FloodMirror", "drifted"]
 
 
 class FloodMirror:

@@ -1,32 +1,18 @@
 """Pure flood-list reconciliation: what to write so the kernel matches the registry.
 
-No I/O here, so the rules can be tested exhaustively without root. The kernel
-layer (`vxrd.kernel`) imports `FloodDiff` from this module.
+No I/O here, so the rules can be tested exhaustively without root. The diff
+type itself (`FloodDiff`) belongs to vxrd.model, below the kernel layer.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Set
-from dataclasses import dataclass
 from itertools import repeat
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from schema.validate import Address
+from vxrd.model import FloodDiff
 
-__all__ = ["Address", "FloodDiff", "desired_for", "reconcile"]
-
-
-@dataclass(frozen=True, slots=True)
-class FloodDiff:
-    """Destinations to append to and delete from one device's all-zero fdb entry."""
-
-    add: frozenset[Address] = frozenset()
-    remove: frozenset[Address] = frozenset()
-
-    @property
-    def empty(self) -> bool:
-        """True when the kernel already matches: nothing to send."""
-        return not self.add and not self.remove
+__all__ = ["desired_for", "reconcile"]
 
 
 def reconcile(desired: Set[Address], actual: Set[Address]) -> FloodDiff:

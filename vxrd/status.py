@@ -16,12 +16,14 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from schema.validate import InvalidValue, parse_vni
+from vxrd import views
 from vxrd.agent import Agent
 
 log = logging.getLogger("vxrd.status")
@@ -39,11 +41,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[AGENT].status())
+    return _json(views.status(request.app[AGENT]))
 
 
 async def _devices(request: web.Request) -> web.Response:
-    return _json(await request.app[AGENT].device_list())
+    agent = request.app[AGENT]
+    return _json(views.devices(agent, await agent.kernel.flood_entries()))
 
 
 async def _peers(request: web.Request) -> web.Response:
@@ -54,7 +57,9 @@ async def _peers(request: web.Request) -> web.Response:
             vni = parse_vni(text)
         except InvalidValue as exc:
             return _json({"error": str(exc)}, status=400)
-    return _json(await request.app[AGENT].peers(vni))
+    agent = request.app[AGENT]
+    actual = await agent.kernel.flood_entries()
+    return _json(views.peers(agent, actual, vni, time.monotonic()))
 
 
 async def _leave(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from vxrd.kernel import Address, Kernel
-from vxrd.reconcile import FloodDiff
+from vxrd.model import FloodDiff
 
 ZERO = "00:00:00:00:00:00"
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pytest
 from contrib.lab import Lab
 from contrib.lab.probe import broadcast_reaches, broadcast_receipts, unicast_works
 from contrib.lab.topology import VXLAN_PORT, Host
+from schema.wire import Codec, Envelope, Register, VniEntry
 from tests.e2e.conftest import Proc, RunInNs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -670,3 +672,106 @@ def test_vxrdctl_leave_withdraws_and_flushes(
 
     assert vxlan_arrivals(h3, send) == []
     assert lab.fdb_flood(h3, 100) == set()  # and nobody wrote it back
+
+
+REGISTRY_LOSS_HOLD = 30  # the issue's set-up: hosts on hold 30, a refresh every 10 s
+
+
+def test_vxsnd_restarted_on_an_empty_registry_removes_no_flood_entry(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 9, finding 5: vxsnd restarted on an EMPTY registry (the file deleted)
+    while the hosts refresh on hold 30 with staggered phases. Its first answers list
+    only the hosts that have refreshed so far; before the fix a host's flood list
+    went to 0 entries a second after vxsnd came up. Now each vxrd treats the new
+    registry id like a server restart and only adds for a hold time: `bridge monitor
+    fdb` on every host sees no flood entry change at all, the new registry lists every
+    host once each has refreshed, and a leave gets through after that."""
+    lab = lab_factory(hosts=4, vnis=[100])
+    hosts = lab.hosts
+    hold = REGISTRY_LOSS_HOLD
+    refresh = hold / 3
+    ov = Overlay(
+        lab, run_in_ns, tmp_path, hold_time=hold, vxsnd_args=["--max-hold-time", str(hold)]
+    )
+    ov.start_vxsnd()
+
+    def alive() -> None:
+        for proc in (*ov.vxsnds, *ov.vxrd.values()):
+            assert proc is None or proc.alive, f"{proc} died"
+
+    for i, h in enumerate(hosts):  # refresh phases spread over the refresh interval
+        if i:
+            observe(refresh / len(hosts), alive)  # the phase offset, not a synchronisation
+        ov.start_vxrd(h)
+    wait_mesh(lab, 100, hosts)
+    before = {h: ov.status(h)["servers"][0]["registry"] for h in hosts}
+    assert len(set(before.values())) == 1 and None not in before.values()
+    watch = FdbWatch(run_in_ns, hosts, 100)
+    watch.start()
+
+    ov.kill_vxsnd()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ov.db}{suffix}").unlink(missing_ok=True)
+    ov.start_vxsnd()  # a new, empty registry: a new registry id
+
+    # every host refreshes within one interval and sees the new registry id then; its
+    # additive period ends a hold time later: watch past the last of those
+    observe(refresh + hold + 5.0, ov.mesh_kept(hosts, 100))
+    assert watch.zero_events() == {}, "flood entries removed or re-added after registry loss"
+    after = {h: ov.status(h)["servers"][0]["registry"] for h in hosts}
+    assert len(set(after.values())) == 1 and set(after.values()) != set(before.values())
+    for h in hosts:  # the new registry is complete: every host is listed again
+        assert sorted(ov.heard(h, 100)[0]) == sorted(o.underlay for o in hosts)
+    assert_floods(lab, 100, hosts)
+
+    # ... and the new registry has authority now: a leave gets through
+    leaver, rest = hosts[-1], hosts[:-1]
+    lab.set_vni_up(leaver, 100, False)
+    wait_until(
+        lambda: flood_lists(lab, 100, rest),
+        timeout=refresh + CONVERGE,
+        what=f"{leaver.name} withdrawn from the new registry",
+        expect=full_mesh(100, rest),
+    )
+
+
+LOCKOUT_HOLD = 9  # a refresh every 3 s: room for the unanswered rounds before expiry
+_SEND = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))"
+)
+
+
+def test_an_agent_locked_out_by_a_forged_sequence_recovers_with_a_new_incarnation(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 9, finding 2, on the real daemons: one unsigned datagram carrying h1's
+    incarnation, a sequence number ahead (within what the replay guard allows) and a
+    timestamp 45 s ahead makes vxsnd refuse h1's own registers as replays until its
+    clock passes that stamp: on main h1 expired from every flood list. Now h1 notices
+    its rounds go unanswered and registers as a new incarnation: it stays listed."""
+    lab = lab_factory(hosts=2, vnis=[100])
+    h1 = lab.hosts[0]
+    ov = Overlay(lab, run_in_ns, tmp_path, hold_time=LOCKOUT_HOLD)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+    server = ov.status(h1)["servers"][0]
+    incarnation = server["incarnation"]
+    forged = Register(
+        Envelope(h1.name, incarnation, 1 << 19, int((time.time() + 45) * 1000)),
+        LOCKOUT_HOLD,
+        server["registry"],
+        1 << 19,
+        0,
+        1,
+        (VniEntry(100, ip_address(h1.underlay), 0),),
+    )
+    data = Codec().encode(forged).hex()
+    h1.exec([sys.executable, "-c", _SEND, data, lab.service_addr, str(PORT)])
+
+    observe(LOCKOUT_HOLD * 2, ov.mesh_kept(lab.hosts, 100))
+    server = ov.status(h1)["servers"][0]
+    assert server["incarnation"] != incarnation and server["incarnation_renewals"] == 1
+    assert "registering as a new incarnation" in ov.vxrd[h1].log()
+    assert_floods(lab, 100, lab.hosts)

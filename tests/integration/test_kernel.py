@@ -35,7 +35,7 @@ from vxrd.kernel import (
     VxlanDevice,
 )
 from vxrd.mirror import FloodMirror
-from vxrd.reconcile import FloodDiff
+from vxrd.model import FloodDiff
 
 pytestmark = pytest.mark.root
 
@@ -485,8 +485,9 @@ async def test_fdb_listener_gets_changes_and_the_echo_of_a_write_at_once(
     lab: Lab, kern: Kernel
 ) -> None:
     """events(on_fdb): flood-entry events go to the listener, not the stream; the
-    echo of a synchronous write is handed over by read_fdb() before the caller
-    yields to the loop, and the watcher then finds nothing left to report."""
+    echo of a synchronous write is returned by read_fdb() (not handed to the
+    listener) before the caller yields to the loop, and the watcher then finds
+    nothing left to report."""
     idx = lab.vxlan("vx4", "id", "100", "local", "10.0.0.1", "dstport", "4789", "nolearning")
     await kern.list_vxlan()
     heard: list[FdbChanged | Resync] = []
@@ -505,10 +506,11 @@ async def test_fdb_listener_gets_changes_and_the_echo_of_a_write_at_once(
         heard.clear()
         result = kern.apply_now({idx: FloodDiff(add=frozenset({A("10.0.0.8")}))})
         assert result is not None and result.added == 1
-        kern.read_fdb()  # no await since the write
-        assert heard == [FdbChanged((FloodChange(idx, A("10.0.0.8"), True),))]
+        echo = kern.read_fdb()  # no await since the write
+        assert echo == [FdbChanged((FloodChange(idx, A("10.0.0.8"), True),))]
+        assert heard == []  # returned, not called back
         await asyncio.sleep(0.05)
-        assert len(heard) == 1  # read once, not again by the watcher
+        assert heard == []  # read once, not again by the watcher
         marker = lab.vxlan("vxm", "id", "7", "local", "10.0.0.1", "dstport", "4790")
         await eventually(lambda: any(getattr(e, "ifindex", None) == marker for e in seen))
         assert not any(isinstance(e, FdbChanged) for e in seen)
@@ -516,8 +518,8 @@ async def test_fdb_listener_gets_changes_and_the_echo_of_a_write_at_once(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    kern.read_fdb()  # no listener any more: nothing happens
-    assert len(heard) == 1
+    assert kern.read_fdb() == []  # nothing queued
+    assert heard == []
 
 
 async def test_fdb_listener_hears_of_lost_notifications(

@@ -35,7 +35,8 @@ from tests.conftest import require_root
 from vxrd.agent import Agent
 from vxrd.cli import serve
 from vxrd.config import Config, ServerAddr
-from vxrd.kernel import Address, ApplyError, ApplyResult, FdbChanged, FloodDiff, Kernel
+from vxrd.kernel import NO_NET_ADMIN, Kernel
+from vxrd.model import Address, ApplyError, ApplyResult, FdbChanged, FloodDiff, Resync
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO = "00:00:00:00:00:00"
@@ -349,15 +350,32 @@ async def test_repairs_hand_changes_within_a_second(ns: str, tmp_path: Path) -> 
 
 
 class CountingKernel(Kernel):
-    """Kernel that records every flood-entry dump: None for a full one, else the ifindex."""
+    """Kernel that records every flood-entry dump (None for a full one, else the
+    ifindex) and what read_fdb() returned, and can fail the next synchronous write."""
 
     def __init__(self, netns: str) -> None:
         super().__init__(netns)
         self.dumps: list[int | None] = []
+        self.echoes: list[FdbChanged | Resync] = []
+        self.fail_next = False
 
     async def flood_entries(self, ifindex: int | None = None) -> dict[int, set[Address]]:
         self.dumps.append(ifindex)
         return await super().flood_entries(ifindex)
+
+    def read_fdb(self) -> list[FdbChanged | Resync]:
+        events = super().read_fdb()
+        self.echoes += events
+        return events
+
+    def apply_now(self, changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
+        if self.fail_next:  # as the kernel refusing every add: nothing written
+            self.fail_next = False
+            errors = [
+                ApplyError(i, a, errno.EIO, "injected") for i, d in changes.items() for a in d.add
+            ]
+            return ApplyResult(errors=errors)
+        return super().apply_now(changes)
 
 
 async def test_mirror_follows_hand_changes_and_repairs_without_dumps(
@@ -433,19 +451,6 @@ async def running_agent(
         await agent_.close()
 
 
-def count_reconciles(agent_: Agent) -> list[None]:
-    """Calls of the reconciler's reconcile_now() from now on (one None per call)."""
-    calls: list[None] = []
-    inner = agent_.reconcile_now
-
-    async def counted() -> None:
-        calls.append(None)
-        await inner()
-
-    agent_.reconcile_now = counted  # type: ignore[method-assign]
-    return calls
-
-
 async def settled(agent_: Agent, srv: FakeServer, ns: str) -> int:
     """Register, answer with a snapshot, wait for it in the kernel and the ack;
     return the device's ifindex."""
@@ -465,22 +470,18 @@ async def test_membership_change_is_written_and_acked_in_the_datagram_callback(
     the callback that received it, without the reconciler task; the echo of
     the write is read there too."""
     local_vxlan(ns, "vx100", 100)
-    async with fake_server() as srv, running_agent(ns, srv, tmp_path) as agent_:
+    kern = CountingKernel(ns)
+    async with fake_server() as srv, running_agent(ns, srv, tmp_path, kern) as agent_:
         idx = await settled(agent_, srv, ns)
-        calls = count_reconciles(agent_)
-        heard: list[FdbChanged] = []
-        inner = agent_._fdb_changed
-
-        def fdb_changed(ev: FdbChanged) -> None:
-            heard.append(ev)
-            inner(ev)
-
-        agent_._fdb_changed = fdb_changed  # type: ignore[method-assign]
+        runs = agent_.reconciles
+        kern.echoes.clear()
         (client,) = agent_.clients
-        client.receive(srv.membership(100, 2, ("10.77.0.4",), ("10.77.0.2",), base=1), "127.0.0.1")
+        data = srv.membership(100, 2, ("10.77.0.4",), ("10.77.0.2",), base=1)
+        agent_.datagram(client, data, "127.0.0.1")
         # no await since: written, recorded, echo read, ack sent
         assert agent_._pending_acks == {}
         assert {str(a) for a in agent_.mirror.get(idx)} == {"10.77.0.3", "10.77.0.4"}
+        heard = [ev for ev in kern.echoes if isinstance(ev, FdbChanged)]
         assert {(str(c.address), c.present) for ev in heard for c in ev.changes} == {
             ("10.77.0.2", False),
             ("10.77.0.4", True),
@@ -492,7 +493,7 @@ async def test_membership_change_is_written_and_acked_in_the_datagram_callback(
         srv.send(srv.membership(100, 3, ("10.77.0.5",), base=2))
         await srv.wait_ack(100, 3)
         assert await flood(ns, "vx100") == {"10.77.0.3", "10.77.0.4", "10.77.0.5"}
-        assert calls == []
+        assert agent_.reconciles == runs
 
 
 async def test_membership_change_falls_back_to_the_reconciler(ns: str, tmp_path: Path) -> None:
@@ -503,7 +504,7 @@ async def test_membership_change_falls_back_to_the_reconciler(ns: str, tmp_path:
     kern = CountingKernel(ns)
     async with fake_server() as srv, running_agent(ns, srv, tmp_path, kern) as agent_:
         idx = await settled(agent_, srv, ns)
-        calls = count_reconciles(agent_)
+        runs = agent_.reconciles
         (client,) = agent_.clients
         want = {"10.77.0.2", "10.77.0.3"}
         gen = 1
@@ -512,7 +513,7 @@ async def test_membership_change_falls_back_to_the_reconciler(ns: str, tmp_path:
             nonlocal gen
             gen += 1
             want.add(peer)
-            client.receive(srv.membership(100, gen, (peer,), base=gen - 1), "127.0.0.1")
+            agent_.datagram(client, srv.membership(100, gen, (peer,), base=gen - 1), "127.0.0.1")
 
         async with agent_._lock:  # a reconcile (or leave) in progress
             push("10.77.0.4")
@@ -520,42 +521,33 @@ async def test_membership_change_falls_back_to_the_reconciler(ns: str, tmp_path:
             await asyncio.sleep(0.05)
             assert await flood(ns, "vx100") == want - {"10.77.0.4"}
         await srv.wait_ack(100, gen)
-        assert await flood(ns, "vx100") == want and len(calls) == 1
+        assert await flood(ns, "vx100") == want and agent_.reconciles - runs == 1
 
         async with kern._nl._lock:  # the request socket is waiting for a dump
             push("10.77.0.5")
             assert agent_._pending_acks == {0: {100: gen}}
         await srv.wait_ack(100, gen)
-        assert await flood(ns, "vx100") == want and len(calls) == 2
+        assert await flood(ns, "vx100") == want and agent_.reconciles - runs == 2
 
         agent_.mirror.invalidate()  # events lost, or the timer: read everything first
         push("10.77.0.6")
         assert agent_._pending_acks == {0: {100: gen}}
         await srv.wait_ack(100, gen)
-        assert await flood(ns, "vx100") == want and len(calls) == 3
+        assert await flood(ns, "vx100") == want and agent_.reconciles - runs == 3
         assert kern.dumps == [None, None]
 
-        real = kern.apply_now
-
-        def failing(changes: Mapping[int, FloodDiff]) -> ApplyResult | None:
-            kern.apply_now = real  # type: ignore[method-assign]
-            errors = [
-                ApplyError(i, a, errno.EIO, "injected") for i, d in changes.items() for a in d.add
-            ]
-            return ApplyResult(errors=errors)
-
-        kern.apply_now = failing  # type: ignore[method-assign]
+        kern.fail_next = True
         push("10.77.0.7")  # nothing written, and not acked
         assert agent_._pending_acks == {0: {100: gen}} and idx in agent_.mirror.stale()
         await srv.wait_ack(100, gen)
-        assert await flood(ns, "vx100") == want and len(calls) == 4
+        assert await flood(ns, "vx100") == want and agent_.reconciles - runs == 4
         assert kern.dumps == [None, None, idx]  # the failed device read again
         assert agent_.metrics.registry.get_sample_value("vxrd_fdb_errors_total") == 1
 
         push("10.77.0.8")  # and the fast path is back
         assert agent_._pending_acks == {}
         await srv.wait_ack(100, gen)
-        assert await flood(ns, "vx100") == want and len(calls) == 4
+        assert await flood(ns, "vx100") == want and agent_.reconciles - runs == 4
 
 
 async def test_adopts_kernel_entries_until_a_server_answers(ns: str, tmp_path: Path) -> None:
@@ -894,3 +886,22 @@ async def test_process_sighup_reloads_the_key_file(ns: str, tmp_path: Path) -> N
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_process_without_cap_net_admin_refuses_to_start(tmp_path: Path) -> None:
+    """Issue 10 item 6: without CAP_NET_ADMIN every flood-entry write would fail;
+    vxrd says so in one line and exits 1 ("cannot start"; 2 is for configuration
+    errors) before anything is served. It used to log "started" and then warn on
+    every write."""
+    require_root()
+    argv = [
+        *("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"),
+        *(sys.executable, "-m", "vxrd", "--server", "127.0.0.1:9"),
+        *("--status-socket", str(tmp_path / "vxrd.sock")),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "CAP_NET_ADMIN" in line]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].endswith(NO_NET_ADMIN) and "Traceback" not in proc.stderr
+    assert "started" not in proc.stderr and not (tmp_path / "vxrd.sock").exists()

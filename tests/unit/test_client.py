@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from schema.keys import Key, Keyring
-from schema.wire import Ack, Codec, Envelope, Membership, Sequencer, address, split_membership
-from vxrd.client import ASSEMBLY_TIMEOUT, ServerClient, ServerState, union_members
+from schema.wire import (
+    Ack,
+    Codec,
+    Envelope,
+    Membership,
+    Register,
+    Sequencer,
+    address,
+    split_membership,
+)
+from vxrd.answers import ASSEMBLY_TIMEOUT, Outcome, ServerState, counting, union_members
+from vxrd.client import RENEW_AFTER, ServerClient
 from vxrd.config import ServerAddr
 
 A, B, C, D = (address(f"10.0.0.{i}") for i in range(1, 5))
@@ -159,12 +172,32 @@ def test_entries_report_applied_generations() -> None:
 # ------------------------------------------------------------ datagram checks (no socket)
 
 
-def _client(keyring: Keyring | None = None) -> tuple[ServerClient, list[bytes]]:
-    sent: list[bytes] = []
-    c = ServerClient(ServerAddr("192.0.2.1"), "node", Codec(keyring), lambda *_: None)
-    c.address = ("192.0.2.1", 10001)
-    c._send = sent.append  # type: ignore[method-assign]
-    return c, sent
+class Recording(ServerClient):
+    """A client whose datagrams go into a list instead of a socket."""
+
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        super().__init__(ServerAddr("192.0.2.1"), "node", Codec(keyring))
+        self.address = ("192.0.2.1", 10001)
+        self.sent: list[bytes] = []
+        self.fail: Exception | None = None
+
+    def _send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def _ensure_socket(self) -> bool:
+        return True
+
+    def feed(
+        self, data: bytes, source: str, now_wall: float, now_mono: float, wanted: object = ()
+    ) -> Outcome:
+        if self.fail is not None:
+            raise self.fail
+        return super().feed(data, source, now_wall, now_mono, wanted)  # type: ignore[arg-type]
+
+
+def _client(keyring: Keyring | None = None) -> tuple[Recording, list[bytes]]:
+    c = Recording(keyring)
+    return c, c.sent
 
 
 def _wire(codec: Codec, msg: Membership, seq: Sequencer) -> bytes:
@@ -173,58 +206,66 @@ def _wire(codec: Codec, msg: Membership, seq: Sequencer) -> bytes:
     return codec.encode(replace(msg, env=seq.next()))
 
 
+WANT = {100}
+
+
 def test_feed_checks_source_tag_and_replay() -> None:
     key = Keyring([Key("k1", b"x" * 32)])
     c, sent = _client(key)
     seq = Sequencer("snd")
     good = _wire(Codec(key), snap(100, 1, A), seq)
-    assert c.feed(good, "192.0.2.9", seq._clock(), 0.0) is None
+    out = c.feed(good, "192.0.2.9", seq._clock(), 0.0, WANT)
+    assert out.dropped and out.ignored == "unexpected-source"
     assert c.drops["unexpected-source"] == 1
     bad = _wire(Codec(Keyring([Key("k1", b"y" * 32)])), snap(100, 1, A), seq)
-    assert c.feed(bad, "192.0.2.1", seq._clock(), 0.0) is None
+    assert c.feed(bad, "192.0.2.1", seq._clock(), 0.0, WANT).dropped
     assert c.drops["bad-tag"] == 1
     unsigned = _wire(Codec(), snap(100, 1, A), seq)
-    assert c.feed(unsigned, "192.0.2.1", seq._clock(), 0.0) is None
+    assert c.feed(unsigned, "192.0.2.1", seq._clock(), 0.0, WANT).dropped
     assert c.drops["unsigned"] == 1
     assert c.state.members(100) is None and c.last_contact is None
-    out = c.feed(good, "192.0.2.1", seq._clock(), 0.0)
-    assert out is not None and out.changed == {100}
-    assert c.feed(good, "192.0.2.1", seq._clock(), 0.0) is None
+    out = c.feed(good, "192.0.2.1", seq._clock(), 0.0, WANT)
+    assert not out.dropped and out.changed == {100}
+    assert c.feed(good, "192.0.2.1", seq._clock(), 0.0, WANT).dropped
     assert c.drops["replay"] == 1
-    # a duplicate generation in a fresh datagram is re-acked at once
-    out = c.feed(_wire(Codec(key), snap(100, 1, A), seq), "::ffff:192.0.2.1", seq._clock(), 0.0)
-    assert out is not None and out.reacks == [(100, 1)]
-    assert len(sent) == 1
-    ack = Codec(key).decode(sent[0])
-    assert ack.applied == ((100, 1),)  # type: ignore[union-attr]
+    # a duplicate generation in a fresh datagram: the re-ack is returned, not sent
+    dup = _wire(Codec(key), snap(100, 1, A), seq)
+    out = c.feed(dup, "::ffff:192.0.2.1", seq._clock(), 0.0, WANT)
+    assert not out.dropped and out.reacks == [(100, 1)] and sent == []
+    # a VNI this node has no device for
+    other = _wire(Codec(key), snap(200, 1, A), seq)
+    out = c.feed(other, "192.0.2.1", seq._clock(), 0.0, WANT)
+    assert out.dropped and out.ignored == "not-for-us" and c.state.members(200) is None
 
 
-def test_receive_tells_the_agent_of_changes_and_never_raises() -> None:
-    """receive() is the datagram callback itself: a change reaches on_change at
-    once; garbage is counted; an error in the agent is logged, not raised into
-    the event loop."""
+def test_receive_never_raises_and_logs_errors_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """receive() runs in the datagram callback: garbage is counted; an unexpected
+    error (a bug) is counted as "error" and logged for the 1st, 2nd, 4th, 8th...
+    occurrence, with a traceback only the first time, never raised."""
     c, _ = _client()
-    changes: list[set[int]] = []
-    c.on_change = lambda client, out: changes.append(out.changed)
     seq = Sequencer("snd")
-    c.receive(_wire(Codec(), snap(100, 1, A), seq), "192.0.2.1")
-    assert changes == [{100}]
-    c.receive(b"garbage", "192.0.2.1")
-    assert c.drops["magic"] == 1 and changes == [{100}]
-
-    def broken(client: ServerClient, out: object) -> None:
-        raise RuntimeError("agent bug")
-
-    c.on_change = broken
-    c.receive(_wire(Codec(), delta(100, 1, 2, (B,)), seq), "192.0.2.1")
-    assert c.state.applied(100) == 2  # fed; the agent's failure did not escape
+    out = c.receive(_wire(Codec(), snap(100, 1, A), seq), "192.0.2.1", WANT)
+    assert out.changed == {100}
+    out = c.receive(b"garbage", "192.0.2.1", WANT)
+    assert out.dropped and c.drops["magic"] == 1
+    c.fail = MemoryError("boom")
+    with caplog.at_level(logging.ERROR, "vxrd.client"):
+        for _ in range(9):
+            out = c.receive(b"anything", "192.0.2.1", WANT)
+            assert out.dropped and out.ignored == "error"
+    assert c.errors == 9 and c.drops["error"] == 9
+    lines = [r for r in caplog.records if "error handling a datagram" in r.getMessage()]
+    assert len(lines) == 4  # 1, 2, 4, 8
+    assert lines[0].exc_info is not None and not any(r.exc_info for r in lines[1:])
 
 
 def test_feed_refuses_old_datagrams() -> None:
     c, _ = _client()
     seq = Sequencer("snd", clock=lambda: 1000.0)
     data = _wire(Codec(), snap(100, 1, A), seq)
-    assert c.feed(data, "192.0.2.1", 1000.0 + 3600, 0.0) is None
+    assert c.feed(data, "192.0.2.1", 1000.0 + 3600, 0.0, WANT).dropped
     assert c.drops["stale"] == 1
 
 
@@ -234,34 +275,62 @@ def test_server_ack_answers_the_round_and_carries_the_registry_id() -> None:
     codec = Codec()
     c.answered = True  # as after an earlier round; a new round clears it
     c.poke.clear()
-    c._ensure_socket = lambda: _done(True)  # type: ignore[method-assign]
     asyncio.run(c.send_register({100: A}, 90))
     assert not c.answered and c.round_sent is not None and c.poke.is_set()
     # the first reply: registry id learnt, not a reset
     reply = codec.encode(Ack(seq.next(), "r1", ((100, 4),)))
-    out = c.feed(reply, "192.0.2.9", seq._clock(), 0.0)  # wrong source: dropped
-    assert out is None and not c.answered and c.drops["unexpected-source"] == 1
+    out = c.feed(reply, "192.0.2.9", seq._clock(), 0.0, WANT)  # wrong source: dropped
+    assert out.dropped and not c.answered and c.drops["unexpected-source"] == 1
     now = seq._clock()
-    out = c.feed(reply, "192.0.2.1", now, 0.0)
-    assert out is not None and not out.reset and not out.changed and not out.acks
+    out = c.feed(reply, "192.0.2.1", now, 0.0, WANT)
+    assert out.answered and not out.reset and not out.changed and not out.acks
     assert c.answered and c.last_contact == now and c.state.registry == "r1"
-    assert c.feed(reply, "192.0.2.1", now, 0.0) is None and c.drops["replay"] == 1
+    assert c.feed(reply, "192.0.2.1", now, 0.0, WANT).dropped and c.drops["replay"] == 1
     # the server's generation differs from ours: nothing to do, it pushes on its own
-    c.feed(_wire(codec, snap(100, 2, A, B), seq), "192.0.2.1", now, 0.0)
-    out = c.feed(codec.encode(Ack(seq.next(), "r1", ((100, 3),))), "192.0.2.1", now + 1, 0.0)
-    assert out is not None and not out.reset and c.state.applied(100) == 2
+    c.feed(_wire(codec, snap(100, 2, A, B), seq), "192.0.2.1", now, 0.0, WANT)
+    out = c.feed(codec.encode(Ack(seq.next(), "r1", ((100, 3),))), "192.0.2.1", now + 1, 1.0)
+    assert not out.reset and c.state.applied(100) == 2
     assert c.last_contact == now + 1
     # a new registry id: like a membership from a new registry
-    out = c.feed(codec.encode(Ack(seq.next(), "r2", ((100, 1),))), "192.0.2.1", now + 2, 0.0)
-    assert out is not None and out.reset
+    out = c.feed(codec.encode(Ack(seq.next(), "r2", ((100, 1),))), "192.0.2.1", now + 2, 2.0)
+    assert out.reset and c.state.changed_at == 2.0
     assert c.state.registry == "r2" and c.state.applied(100) == 0
     assert c.state.members(100) == {A, B}  # kept (fail-static) until r2 answers
     # a register reply needs no ack back (only the register itself went out)
     assert all(not isinstance(Codec().decode(d), Ack) for d in sent)
 
 
-async def _done(value: bool) -> bool:
-    return value
+def _incarnations(sent: list[bytes]) -> list[int]:
+    return [m.env.incarnation for d in sent if isinstance(m := Codec().decode(d), Register)]
+
+
+def test_unanswered_rounds_bring_a_new_incarnation_once_per_streak() -> None:
+    """A server that answered this incarnation and then left RENEW_AFTER rounds in a
+    row unanswered (it may refuse our datagrams as replays): the next round goes out
+    under a new incarnation; not again until the server has answered that one."""
+    c, sent = _client()
+    seq = Sequencer("snd")
+    first = c.seq.incarnation
+
+    async def rounds(n: int) -> list[bool]:
+        return [await c.send_register({100: A}, 90) for _ in range(n)]
+
+    # never answered: no renewal however long the silence (the server may be down)
+    assert asyncio.run(rounds(RENEW_AFTER + 3)) == [False] * (RENEW_AFTER + 3)
+    assert set(_incarnations(sent)) == {first}
+    c.feed(Codec().encode(Ack(seq.next(), "r1", ())), "192.0.2.1", seq._clock(), 0.0)
+    assert c.unanswered == 0
+    sent.clear()
+    renewed = asyncio.run(rounds(RENEW_AFTER + 4))
+    # round 1 answered-before; rounds 2..RENEW_AFTER+1 follow unanswered ones
+    assert renewed == [False] * RENEW_AFTER + [True] + [False] * 3
+    incs = _incarnations(sent)
+    assert incs[:RENEW_AFTER] == [first] * RENEW_AFTER
+    assert len(set(incs[RENEW_AFTER:])) == 1 and incs[-1] != first
+    assert c.renewals == 1
+    # the new incarnation is answered: a later streak renews again
+    c.feed(Codec().encode(Ack(seq.next(), "r1", ())), "192.0.2.1", seq._clock(), 0.0)
+    assert asyncio.run(rounds(RENEW_AFTER + 1))[-1] is True and c.renewals == 2
 
 
 def test_source_check_matches_the_resolved_server_cheaply() -> None:
@@ -291,3 +360,31 @@ def test_source_check_ipv6_spellings_and_scope() -> None:
     assert c.from_server("fe80::1%eth0")
     assert c.from_server("fe80::1")  # the scope id is not compared
     assert not c.from_server("fe80::2%eth0")
+
+
+# ------------------------------------------------------------ authority (issue 9)
+
+
+def test_a_registry_change_is_additive_for_a_hold_time_and_learning_until_it_ends() -> None:
+    st = ServerState()
+    st.handle(snap(100, 4, A, B), 10.0)
+    assert st.changed_at is None and not st.additive(10.0, 30)  # the first registry
+    out = st.handle(snap(100, 1, A, registry="r2"), 20.0)
+    assert out.reset and st.changed_at == 20.0
+    assert st.additive(49.9, 30) and not st.additive(50.0, 30)
+    assert st.additive_until(30) == 50.0
+    st.learning = True  # as after an answer saying learning (the wire half: vxsnd)
+    assert st.additive(60.0, 30)
+    out = st.handle_reply(Ack(ENV, "r2", ()), 61.0)
+    assert out.answered and out.authority and not st.learning and not st.additive(61.0, 30)
+
+
+def test_the_servers_that_count_are_the_live_ones_that_answered() -> None:
+    live, dead, mute = ServerState(), ServerState(), ServerState()
+    live.handle(snap(100, 1, A), 100.0)
+    dead.handle(snap(100, 1, A, B), 10.0)
+    mute.handle_reply(Ack(ENV, "r1", ()), 100.0)  # live, but said nothing of VNI 100
+    states = [live, dead, mute]
+    assert counting(states, 100, 100.0, 30) == [live, mute]
+    assert counting(states, 200, 100.0, 30) == states  # no live answer for 200: all
+    assert counting(states, 100, 20.0, 30) == states  # everyone heard within the hold

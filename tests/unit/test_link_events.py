@@ -7,7 +7,8 @@ from typing import Any
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from schema.wire import address
-from vxrd.kernel import LinkChanged, LinkRemoved, VxlanDevice, _link_event
+from vxrd.links import link_event
+from vxrd.model import LinkChanged, LinkRemoved, VxlanDevice
 
 VXLAN_DATA = (
     "IFLA_INFO_DATA",
@@ -35,26 +36,26 @@ def vxlan(index: int, *info: tuple[str, Any], operstate: str = "UNKNOWN", **kw: 
 
 
 def test_a_complete_notification_carries_the_device() -> None:
-    ev = _link_event(vxlan(7, VXLAN_DATA), known=())
+    ev = link_event(vxlan(7, VXLAN_DATA), known=())
     assert ev == LinkChanged(
         7,
         VxlanDevice(7, "vx100", 100, address("10.0.0.1"), 4789, None, True, False, False),
     )
-    down = _link_event(vxlan(7, VXLAN_DATA, operstate="DOWN", flags=0), known=())
+    down = link_event(vxlan(7, VXLAN_DATA, operstate="DOWN", flags=0), known=())
     assert isinstance(down, LinkChanged) and down.device is not None and not down.device.up
 
 
 def test_missing_attributes_ask_the_caller_to_read_the_device() -> None:
     # IFLA_INFO_DATA missing: a VXLAN device, but not enough to describe it
-    assert _link_event(vxlan(7), known=()) == LinkChanged(7, None)
+    assert link_event(vxlan(7), known=()) == LinkChanged(7, None)
     # no IFLA_LINKINFO at all: only an ifindex already known as VXLAN counts
     bare = message(7, [("IFLA_IFNAME", "vx100")])
-    assert _link_event(bare, known={7}) == LinkChanged(7, None)
-    assert _link_event(bare, known={8}) is None
+    assert link_event(bare, known={7}) == LinkChanged(7, None)
+    assert link_event(bare, known={8}) is None
 
 
 def test_deletion_and_other_kinds() -> None:
-    assert _link_event(vxlan(7, VXLAN_DATA, event="RTM_DELLINK"), known=()) == LinkRemoved(7)
-    assert _link_event(message(7, [], event="RTM_DELLINK"), known={7}) == LinkRemoved(7)
+    assert link_event(vxlan(7, VXLAN_DATA, event="RTM_DELLINK"), known=()) == LinkRemoved(7)
+    assert link_event(message(7, [], event="RTM_DELLINK"), known={7}) == LinkRemoved(7)
     bridge = ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})
-    assert _link_event(message(9, [("IFLA_IFNAME", "br0"), bridge]), known={9}) is None
+    assert link_event(message(9, [("IFLA_IFNAME", "br0"), bridge]), known={9}) is None

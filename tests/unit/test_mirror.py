@@ -7,8 +7,10 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vxrd.mirror import FloodChange, FloodMirror, drifted
-from vxrd.reconcile import Address, FloodDiff, reconcile
+from schema.validate import Address
+from vxrd.mirror import FloodMirror, drifted
+from vxrd.model import FloodChange, FloodDiff
+from vxrd.reconcile import reconcile
 
 A = ipaddress.ip_address
 P1, P2, P3 = A("10.0.0.1"), A("10.0.0.2"), A("10.0.0.3")

@@ -7,7 +7,9 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vxrd.reconcile import Address, FloodDiff, desired_for, reconcile
+from schema.validate import Address
+from vxrd.model import FloodDiff
+from vxrd.reconcile import desired_for, reconcile
 
 A = ipaddress.ip_address
 v4 = st.builds(ipaddress.IPv4Address, st.integers(0x0A000000, 0x0A0000FF))
