@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schema.wire import MAX_SENDER
+from schema.validate import InvalidValue, check_node_id
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -114,10 +114,10 @@ def parse_str_list(value: object) -> tuple[str, ...]:
 
 def parse_sender_id(value: object) -> str:
     """A sender id as carried in datagrams (vxsnd's server_id, vxrd's node_id)."""
-    text = parse_str(value)
-    if not 0 < len(text) <= MAX_SENDER or not text.isprintable() or text.strip() != text:
-        raise ValueError(f"must be 1..{MAX_SENDER} printable characters without outer spaces")
-    return text
+    try:
+        return check_node_id(parse_str(value))
+    except InvalidValue as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_log_level(value: object) -> str:
@@ -231,6 +231,10 @@ class OptionTable:
             raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except ValueError as exc:  # e.g. an integer over Python's digit limit
+            raise ConfigError(f"{path}: not usable TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not usable TOML: nested too deeply") from None
         for key in data:
             if key not in self.by_key:
                 hint = difflib.get_close_matches(key.replace("-", "_"), list(self.by_key), n=1)

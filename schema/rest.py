@@ -12,10 +12,25 @@ canonical (compressed) text form.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from schema.validate import VNI_MAX, VNI_MIN, Address, InvalidValue, check_vni, parse_vtep
+from schema.validate import (
+    ADDRESS_TEXT_MAX,
+    NODE_ID_MAX,
+    NODE_ID_PATTERN,
+    VNI_MAX,
+    VNI_MIN,
+    VTEP_TEXT_PATTERN,
+    Address,
+    InvalidValue,
+    check_node_id,
+    check_vni,
+    parse_vni,
+    parse_vtep,
+)
 
 Json = dict[str, Any]
 
@@ -23,7 +38,11 @@ DESCRIPTION_MAX: Final = 200
 HOLD_TIME_MAX: Final = 2**31 - 1  # seconds; ~68 years is "for all practical purposes"
 BODY_MAX: Final = 64 * 1024  # bytes, for single-VTEP requests
 IMPORT_BODY_MAX: Final = 1024 * 1024  # bytes, for the replace-all import
-ADDRESS_TEXT_MAX: Final = 45  # longest textual IPv6 address
+NUMBER_TEXT_MAX: Final = 64  # characters of one JSON number; no field needs more
+# Descriptions: printable, i.e. no C0/C1 control character and no lone surrogate
+# (which JSON can spell as an escape but no registry can store as text).
+_DESCRIPTION_REFUSED: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+DESCRIPTION_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 ORIGINS: Final = ("registered", "static")
 
@@ -40,14 +59,83 @@ class PayloadError(ValueError):
 # --------------------------------------------------------------------- values
 
 
-def vni_from_path(text: str) -> int:
-    """A VNI from a URL path segment (decimal digits only)."""
-    if not text.isascii() or not text.isdigit():
-        raise PayloadError(f"VNI must be a decimal integer, got {text!r}", "invalid-vni")
+class Absent:
+    """The request had no body at all (which an optional body may be; JSON null is a body)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = Absent()
+
+
+def decode_json(raw: bytes) -> object:
+    """A whole request body as JSON, or PayloadError: UTF-8, no duplicate keys, no
+    NaN/Infinity, no number longer than NUMBER_TEXT_MAX characters (Python's int()
+    refuses over 4,300 digits with a ValueError; no field needs a tenth of that)."""
     try:
-        return check_vni(int(text, 10))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("request body is not UTF-8") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+            parse_int=_int,
+            parse_float=_float,
+        )
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("request body is nested too deeply") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise PayloadError(f"field {_cut(key)!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise PayloadError(f"{name} is not valid JSON")
+
+
+def _int(text: str) -> int:
+    if len(text) > NUMBER_TEXT_MAX:
+        raise PayloadError(f"a number of {len(text)} digits; at most {NUMBER_TEXT_MAX}")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > NUMBER_TEXT_MAX:
+        raise PayloadError(f"a number of {len(text)} characters; at most {NUMBER_TEXT_MAX}")
+    return float(text)
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def vni_from_path(text: str) -> int:
+    """A VNI from a URL path segment (ASCII decimal digits only)."""
+    if text != text.strip():
+        raise PayloadError(f"VNI must be a decimal integer, got {_cut(text)!r}", "invalid-vni")
+    try:
+        return parse_vni(text)
     except InvalidValue as exc:
         raise PayloadError(str(exc), "invalid-vni") from None
+
+
+def node_from_path(text: str) -> str:
+    """A node id from a URL path segment (schema.validate's node-id rule)."""
+    try:
+        return check_node_id(text)
+    except InvalidValue as exc:
+        raise PayloadError(str(exc), "invalid-node-id") from None
 
 
 def vni_from_json(value: object, where: str = "vni") -> int:
@@ -63,7 +151,9 @@ def address_from_text(text: object, where: str = "address") -> Address:
             f"{where}: address must be a string, got {_type_name(text)}", "invalid-address"
         )
     if text != text.strip() or not text or len(text) > ADDRESS_TEXT_MAX or "%" in text:
-        raise PayloadError(f"{where}: {text!r} is not an IPv4 or IPv6 address", "invalid-address")
+        raise PayloadError(
+            f"{where}: {_cut(text)!r} is not an IPv4 or IPv6 address", "invalid-address"
+        )
     try:
         return parse_vtep(text)
     except InvalidValue as exc:
@@ -87,8 +177,8 @@ def description_from_json(value: object, where: str = "description") -> str | No
         raise PayloadError(f"{where}: must be a string or null, got {_type_name(value)}")
     if len(value) > DESCRIPTION_MAX:
         raise PayloadError(f"{where}: {len(value)} characters, at most {DESCRIPTION_MAX}")
-    if not value.isprintable():
-        raise PayloadError(f"{where}: control characters are not allowed")
+    if _DESCRIPTION_REFUSED.search(value):
+        raise PayloadError(f"{where}: control characters and lone surrogates are not allowed")
     return value
 
 
@@ -111,10 +201,12 @@ def _type_name(value: object) -> str:
 def _object(value: object, where: str, allowed: frozenset[str], required: frozenset[str]) -> Json:
     if not isinstance(value, dict):
         raise PayloadError(f"{where}: expected a JSON object, got {_type_name(value)}")
-    unknown = sorted(str(k) for k in value if k not in allowed)
+    unknown = sorted(repr(_cut(str(k))) for k in value if k not in allowed)
     if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        shown = ", ".join(unknown[:5]) + more
         raise PayloadError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            f"{where}: unknown field(s) {shown}; allowed: {', '.join(sorted(allowed))}"
         )
     missing = sorted(required - value.keys())
     if missing:
@@ -137,8 +229,9 @@ _ENROL_FIELDS = frozenset({"hold_time", "description"})
 
 
 def parse_enrol(body: object) -> EnrolRequest:
-    """An absent body is `None` here and means no hold time, no description."""
-    if body is None:
+    """An absent body (`ABSENT`) means no hold time, no description; any body that is
+    not a JSON object (null included) is refused."""
+    if body is ABSENT:
         return EnrolRequest()
     obj = _object(body, "body", _ENROL_FIELDS, frozenset())
     return EnrolRequest(
@@ -210,13 +303,9 @@ def parse_static_file(text: str, source: str = "<input>") -> tuple[StaticVtep, .
         if len(fields) < 2:
             raise PayloadError(f"{where}: expected 'VNI ADDRESS [description]'")
         try:
-            vni = check_vni(int(fields[0], 10)) if fields[0].isdigit() else None
+            vni = parse_vni(fields[0])
         except InvalidValue as exc:
             raise PayloadError(f"{where}: {exc}", "invalid-vni") from None
-        if vni is None:
-            raise PayloadError(
-                f"{where}: VNI must be a decimal integer, got {fields[0]!r}", "invalid-vni"
-            )
         address = address_from_text(fields[1], where)
         description = description_from_json(fields[2], where) if len(fields) == 3 else None
         vteps.append(StaticVtep(vni, address, None, description))
@@ -241,8 +330,19 @@ VNI_SCHEMA: Final[Json] = {"type": "integer", "minimum": VNI_MIN, "maximum": VNI
 ADDRESS_SCHEMA: Final[Json] = {
     "type": "string",
     "maxLength": ADDRESS_TEXT_MAX,
-    "description": "unicast IPv4 or IPv6 VTEP address",
+    "pattern": VTEP_TEXT_PATTERN,
+    "description": (
+        "a VTEP address: unicast IPv4 outside 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 and "
+        "224.0.0.0/3, or IPv6 in 2000::/3 or fc00::/7 (the pattern is exactly that rule)"
+    ),
     "example": "192.0.2.10",
+}
+NODE_ID_SCHEMA: Final[Json] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": NODE_ID_MAX,
+    "pattern": NODE_ID_PATTERN,
+    "description": "a node id: 1..64 of A-Z a-z 0-9 . _ - : @",
 }
 _HOLD_TIME: Final[Json] = {
     "type": ["integer", "null"],
@@ -250,7 +350,12 @@ _HOLD_TIME: Final[Json] = {
     "maximum": HOLD_TIME_MAX,
     "description": "seconds until the static VTEP expires; null or absent: never",
 }
-_DESCRIPTION: Final[Json] = {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX}
+_DESCRIPTION: Final[Json] = {
+    "type": ["string", "null"],
+    "maxLength": DESCRIPTION_MAX,
+    "pattern": DESCRIPTION_PATTERN,
+    "description": "free text without control characters",
+}
 _TIME: Final[Json] = {"type": "number", "description": "epoch seconds"}
 _TIME_OR_NULL: Final[Json] = {"type": ["number", "null"], "description": "epoch seconds"}
 

@@ -16,6 +16,7 @@ before the whole request has been validated.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schema import rest
@@ -75,44 +77,49 @@ def error_response(status: int, error: str, detail: str) -> web.Response:
     return json_response({"error": error, "detail": detail}, status=status)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise PayloadError(f"field {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise PayloadError(f"{name} is not valid JSON")
+BODY_READ_TIMEOUT: Final = 30.0  # seconds for a whole request body to arrive
+_READ_CHUNK: Final = 64 * 1024
 
 
 async def read_json(request: web.Request, body: Body) -> object:
-    """The decoded JSON body, or None when absent and allowed to be."""
+    """The request body read WHOLE (up to its limit), then decoded as JSON.
+
+    `rest.ABSENT` when there is no body and none is required. Nothing is decided
+    on a prefix: a body that arrives in pieces (TCP segments, HTTP chunks) is
+    judged only once its last byte is in, so a valid start followed by garbage
+    is refused as a whole.
+    """
     length = request.content_length
     if length is not None and length > body.limit:
         raise web.HTTPRequestEntityTooLarge(max_size=body.limit, actual_size=length)
-    raw = await request.content.read(body.limit + 1)
-    if len(raw) > body.limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=body.limit, actual_size=len(raw))
+    raw = await _read_whole(request, body.limit)
     if not raw.strip():
         if body.required:
             raise PayloadError("a JSON request body is required")
-        return None
+        return rest.ABSENT
     ctype = request.headers.get("Content-Type")
     if ctype is not None and request.content_type not in ("application/json", ""):
         raise web.HTTPUnsupportedMediaType(text=f"expected application/json, got {ctype}")
+    return rest.decode_json(raw)
+
+
+async def _read_whole(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PayloadError("request body is not UTF-8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PayloadError("request body is nested too deeply") from None
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            while chunk := await request.content.read(_READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the request body did not arrive within {BODY_READ_TIMEOUT:g} s"
+        ) from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # broken chunking, bad gzip
+        raise PayloadError(f"request body is malformed: {exc}") from None
+    return b"".join(chunks)
 
 
 def _address_param(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -167,7 +174,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    node_id = request.match_info["node"]
+    node_id = rest.node_from_path(request.match_info["node"])
     detail = await _state(request).backend.node(node_id)
     if detail is None:
         raise reg.NotFound(f"no agent with id {node_id!r} is registered", "unknown-node")
@@ -270,7 +277,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "One agent: address, VNIs with local address and applied generation",
         Access.READ,
         {200: ("the agent", rest.NODE_DETAIL_SCHEMA)},
-        params={"node": {"type": "string", "minLength": 1, "maxLength": 64}},
+        params={"node": rest.NODE_ID_SCHEMA},
     ),
     Route(
         "GET",
