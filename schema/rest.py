@@ -48,12 +48,14 @@ ORIGINS: Final = ("registered", "static")
 
 
 class PayloadError(ValueError):
-    """A request that the API refuses with 400: `error` is a short code, `detail` says why."""
+    """A request that the API refuses (400 unless `status` says 409): `error` is a short
+    code, `detail` says why."""
 
-    def __init__(self, detail: str, error: str = "invalid-payload") -> None:
+    def __init__(self, detail: str, error: str = "invalid-payload", status: int = 400) -> None:
         super().__init__(detail)
         self.error = error
         self.detail = detail
+        self.status = status
 
 
 # --------------------------------------------------------------------- values
@@ -138,9 +140,16 @@ def node_from_path(text: str) -> str:
         raise PayloadError(str(exc), "invalid-node-id") from None
 
 
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer is any number without a fractional part: 7.0 and 7e0 too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def vni_from_json(value: object, where: str = "vni") -> int:
     try:
-        return check_vni(value)
+        return check_vni(_json_integer(value))
     except InvalidValue as exc:
         raise PayloadError(f"{where}: {exc}", "invalid-vni") from None
 
@@ -163,6 +172,7 @@ def address_from_text(text: object, where: str = "address") -> Address:
 def hold_time_from_json(value: object, where: str = "hold_time") -> int | None:
     if value is None:
         return None
+    value = _json_integer(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{where}: must be an integer number of seconds or null")
     if not 0 < value <= HOLD_TIME_MAX:
@@ -270,21 +280,34 @@ def parse_replace_all(body: object) -> tuple[StaticVtep, ...]:
     if not isinstance(items, list):
         raise PayloadError(f"vteps: expected an array, got {_type_name(items)}")
     vteps = tuple(parse_static_vtep(item, f"vteps[{i}]") for i, item in enumerate(items))
-    _refuse_duplicates(vteps, [f"vteps[{i}]" for i in range(len(vteps))])
-    return vteps
+    return _refuse_duplicates(vteps, [f"vteps[{i}]" for i in range(len(vteps))], merge=True)
 
 
-def _refuse_duplicates(vteps: tuple[StaticVtep, ...], labels: list[str]) -> None:
-    first: dict[tuple[int, Address], str] = {}
+def _refuse_duplicates(
+    vteps: tuple[StaticVtep, ...], labels: list[str], merge: bool = False
+) -> tuple[StaticVtep, ...]:
+    """Refuse a VTEP listed twice. With `merge` (the REST import) a repetition that
+    says exactly the same is kept once and one that disagrees is a 409: JSON Schema
+    cannot say "unique by (vni, address)", and a schema-valid request must not get 400."""
+    first: dict[tuple[int, Address], tuple[str, StaticVtep]] = {}
+    kept: list[StaticVtep] = []
     for vtep, label in zip(vteps, labels, strict=True):
         key = (vtep.vni, vtep.address)
-        if key in first:
-            raise PayloadError(
-                f"{label}: VNI {vtep.vni} address {vtep.address} is listed twice "
-                f"(first at {first[key]})",
-                "duplicate",
-            )
-        first[key] = label
+        seen = first.get(key)
+        if seen is None:
+            first[key] = (label, vtep)
+            kept.append(vtep)
+            continue
+        if merge and seen[1] == vtep:
+            continue
+        differs = " with other settings" if merge else ""
+        raise PayloadError(
+            f"{label}: VNI {vtep.vni} address {vtep.address} is listed twice{differs} "
+            f"(first at {seen[0]})",
+            "conflicting-duplicate" if merge else "duplicate",
+            409 if merge else 400,
+        )
+    return tuple(kept)
 
 
 def parse_static_file(text: str, source: str = "<input>") -> tuple[StaticVtep, ...]:
@@ -326,7 +349,12 @@ def static_vtep_json(vtep: StaticVtep) -> Json:
 
 # ---------------------------------------------------------------- JSON Schema
 
-VNI_SCHEMA: Final[Json] = {"type": "integer", "minimum": VNI_MIN, "maximum": VNI_MAX}
+VNI_SCHEMA: Final[Json] = {
+    "type": "integer",
+    "minimum": VNI_MIN,
+    "maximum": VNI_MAX,
+    "example": 100,
+}
 ADDRESS_SCHEMA: Final[Json] = {
     "type": "string",
     "maxLength": ADDRESS_TEXT_MAX,
@@ -343,6 +371,7 @@ NODE_ID_SCHEMA: Final[Json] = {
     "maxLength": NODE_ID_MAX,
     "pattern": NODE_ID_PATTERN,
     "description": "a node id: 1..64 of A-Z a-z 0-9 . _ - : @",
+    "example": "hv-1",
 }
 _HOLD_TIME: Final[Json] = {
     "type": ["integer", "null"],

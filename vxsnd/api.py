@@ -37,6 +37,7 @@ from vxsnd.openapi import Access, Body, Route, build_document
 from vxsnd.tokens import Role, TokenFileError, Tokens
 
 log = logging.getLogger("vxsnd.api")
+http_log = logging.getLogger("vxsnd.api.http")  # aiohttp's protocol layer logs here
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 10080
@@ -257,7 +258,10 @@ ROUTES: Final[tuple[Route, ...]] = (
         "replace_static",
         "Atomically replace every static VTEP with the given list",
         Access.ADMIN,
-        {200: ("the static VTEPs were replaced", rest.REPLACE_RESULT_SCHEMA)},
+        {
+            200: ("the static VTEPs were replaced", rest.REPLACE_RESULT_SCHEMA),
+            409: ("one VTEP is listed twice with different settings", rest.ERROR_SCHEMA),
+        },
         body=Body(rest.REPLACE_ALL_SCHEMA, required=True, limit=rest.IMPORT_BODY_MAX),
     ),
     Route(
@@ -318,6 +322,39 @@ ROUTES: Final[tuple[Route, ...]] = (
 # ----------------------------------------------------------------- middleware
 
 
+class ClientErrorLines(logging.Filter):
+    """aiohttp logs every malformed request (the client's fault, already answered 400)
+    as an ERROR with a traceback: one WARNING line instead, at most one per `interval`
+    seconds, counting the others, so no client can fill the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return False
+        lines = (exc.message or "").strip().splitlines()
+        more = f" ({self.suppressed} more since)" if self.suppressed else ""
+        record.msg = "malformed HTTP request refused with %d: %s%s"
+        record.args = (exc.code, ascii(lines[0][:200]) if lines else "''", more)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.last, self.suppressed = now, 0
+        return True
+
+
+CLIENT_ERRORS: Final = ClientErrorLines()
+http_log.addFilter(CLIENT_ERRORS)
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization")
     if header is None:
@@ -335,7 +372,7 @@ async def errors_middleware(
     try:
         return await handler(request)
     except PayloadError as exc:
-        return error_response(400, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail)
     except reg.NotFound as exc:
         return error_response(404, exc.error, exc.detail)
     except reg.Conflict as exc:
@@ -405,7 +442,8 @@ def build_app(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=rest.IMPORT_BODY_MAX,
     )
-    app[STATE] = ApiState(backend, tokens, metrics_registry, build_document(ROUTES))
+    document = build_document(ROUTES, authenticated=tokens is not None)
+    app[STATE] = ApiState(backend, tokens, metrics_registry, document)
     app[ROUTE_BY_NAME] = {route.name: route for route in ROUTES}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
@@ -460,7 +498,7 @@ async def start_api(
     metrics_obj = getattr(daemon, "metrics", None)
     registry = getattr(metrics_obj, "registry", None)
     app = build_app(reg.Backend.from_daemon(daemon), tokens=tokens, metrics_registry=registry)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

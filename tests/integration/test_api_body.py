@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration.apiharness import ADMIN_TOKEN, Harness, serve, snapshot, write_tokens
 from vxsnd import store as st
+from vxsnd.api import CLIENT_ERRORS
 
 # The pause between two segments of one body: long enough that the server has
 # handled the first segment's bytes alone (what failed on main), named here
@@ -153,8 +154,9 @@ async def test_a_chunked_body_with_a_valid_first_chunk_and_garbage_after_changes
 
 
 async def test_broken_chunk_framing_is_400_and_changes_nothing(
-    store: st.Store, tmp_path: Path
+    store: st.Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    CLIENT_ERRORS.last = float("-inf")  # a line now, whatever other tests logged before
     await seed_static(store, 20)
     before = await snapshot(store)
     async with serve(Harness(store), write_tokens(tmp_path)) as base:
@@ -172,6 +174,27 @@ async def test_broken_chunk_framing_is_400_and_changes_nothing(
     # aiohttp's own parser answers before any handler runs
     assert response.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), response[:200]
     assert await snapshot(store) == before
+    # ... and says so in one line, not an ERROR with a traceback
+    [line] = [r for r in caplog.records if r.name == "vxsnd.api.http"]
+    assert line.levelname == "WARNING" and line.exc_info is None
+    assert "malformed HTTP request refused with 400" in line.getMessage()
+
+
+async def test_malformed_requests_log_one_line_per_interval(
+    store: st.Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve(Harness(store), write_tokens(tmp_path)) as base:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: \x00\r\n\r\n")
+            await writer.drain()
+            response = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            assert b" 400 " in response.split(b"\r\n", 1)[0]
+    lines = [r for r in caplog.records if r.name == "vxsnd.api.http"]
+    assert len(lines) <= 1 and all(r.exc_info is None for r in lines)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 HUGE = b"9" * 5000
@@ -236,3 +259,20 @@ async def test_absent_and_empty_object_bodies_still_enrol(store: st.Store, tmp_p
         assert status == 201
         status, _ = await raw_request(base, "PUT", "/v1/vnis/7/vteps/192.0.2.52", [b"{}"])
         assert status == 201
+
+
+async def test_a_vtep_listed_twice_in_an_import(store: st.Store, tmp_path: Path) -> None:
+    """Saying the same twice is kept once; disagreeing is 409 and changes nothing."""
+    await seed_static(store, 3)
+    before = await snapshot(store)
+    same = {"vni": 9, "address": "2001:db8::9"}
+    other = {"vni": 9, "address": "2001:DB8::9", "description": "other"}
+    async with serve(Harness(store), write_tokens(tmp_path)) as base:
+        body = json.dumps({"vteps": [same, other]}).encode()
+        status, data = await raw_request(base, "PUT", "/v1/static", [body])
+        assert status == 409 and data["error"] == "conflicting-duplicate", data
+        assert "vteps[1]" in data["detail"]
+        assert await snapshot(store) == before
+        body = json.dumps({"vteps": [same, same]}).encode()
+        status, data = await raw_request(base, "PUT", "/v1/static", [body])
+        assert status == 200 and data["added"] == 1 and data["removed"] == 3, data

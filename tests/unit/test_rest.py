@@ -30,6 +30,8 @@ def test_enrol_defaults_and_values() -> None:
         {"hold_time": 0},
         {"hold_time": -1},
         {"hold_time": 1.5},
+        {"hold_time": float("inf")},
+        {"hold_time": 0.0},
         {"hold_time": True},
         {"hold_time": "10"},
         {"hold_time": 2**31},
@@ -123,6 +125,13 @@ def test_node_from_path_refused(text: str) -> None:
     assert info.value.error == "invalid-node-id"
 
 
+def test_integral_numbers_are_json_schema_integers() -> None:
+    """Found by schemathesis' positive-data check: 275.0 is an integer to JSON Schema."""
+    assert rest.parse_enrol({"hold_time": 60.0}) == rest.EnrolRequest(60)
+    [vtep] = rest.parse_replace_all({"vteps": [{"vni": 1e2, "address": "192.0.2.1"}]})
+    assert vtep.vni == 100 and type(vtep.vni) is int
+
+
 def test_address_canonical() -> None:
     assert rest.address_from_text("2001:DB8:0::7") == ipaddress.ip_address("2001:db8::7")
 
@@ -138,10 +147,21 @@ def test_replace_all() -> None:
     )
     assert [str(v.address) for v in vteps] == ["192.0.2.1", "192.0.2.2"]
     assert vteps[1].hold_time == 60
-    with pytest.raises(PayloadError, match=r"vteps\[1\]: VNI 10 address 192.0.2.1 is listed twice"):
+    # the same VTEP twice, saying the same: kept once (schemathesis found the 400)
+    twice = [{"vni": 10, "address": "2001:db8::1"}, {"vni": 10, "address": "2001:DB8::1"}]
+    assert len(rest.parse_replace_all({"vteps": twice})) == 1
+    with pytest.raises(
+        PayloadError, match=r"vteps\[1\]: VNI 10 address 192.0.2.1 is listed twice with other"
+    ) as info:
         rest.parse_replace_all(
-            {"vteps": [{"vni": 10, "address": "192.0.2.1"}, {"vni": 10, "address": "192.0.2.1"}]}
+            {
+                "vteps": [
+                    {"vni": 10, "address": "192.0.2.1"},
+                    {"vni": 10, "address": "192.0.2.1", "hold_time": 5},
+                ]
+            }
         )
+    assert (info.value.status, info.value.error) == (409, "conflicting-duplicate")
     for bad in (
         {},
         {"vteps": {}},
