@@ -12,11 +12,11 @@ canonical (compressed) text form.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from schema.jsonbody import ABSENT, Absent, PayloadError, cut, decode_json
 from schema.validate import (
     ADDRESS_TEXT_MAX,
     NODE_ID_MAX,
@@ -33,12 +33,13 @@ from schema.validate import (
 )
 
 Json = dict[str, Any]
+# the body decoder lives in schema/jsonbody.py; these names are part of this module's API
+__all__ = ["ABSENT", "Absent", "PayloadError", "decode_json"]
 
 DESCRIPTION_MAX: Final = 200
 HOLD_TIME_MAX: Final = 2**31 - 1  # seconds; ~68 years is "for all practical purposes"
 BODY_MAX: Final = 64 * 1024  # bytes, for single-VTEP requests
 IMPORT_BODY_MAX: Final = 1024 * 1024  # bytes, for the replace-all import
-NUMBER_TEXT_MAX: Final = 64  # characters of one JSON number; no field needs more
 # Descriptions: printable, i.e. no C0/C1 control character and no lone surrogate
 # (which JSON can spell as an escape but no registry can store as text).
 _DESCRIPTION_REFUSED: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -47,85 +48,10 @@ DESCRIPTION_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
 ORIGINS: Final = ("registered", "static")
 
 
-class PayloadError(ValueError):
-    """A request that the API refuses (400 unless `status` says 409): `error` is a short
-    code, `detail` says why."""
-
-    def __init__(self, detail: str, error: str = "invalid-payload", status: int = 400) -> None:
-        super().__init__(detail)
-        self.error = error
-        self.detail = detail
-        self.status = status
-
-
-# --------------------------------------------------------------------- values
-
-
-class Absent:
-    """The request had no body at all (which an optional body may be; JSON null is a body)."""
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-ABSENT: Final = Absent()
-
-
-def decode_json(raw: bytes) -> object:
-    """A whole request body as JSON, or PayloadError: UTF-8, no duplicate keys, no
-    NaN/Infinity, no number longer than NUMBER_TEXT_MAX characters (Python's int()
-    refuses over 4,300 digits with a ValueError; no field needs a tenth of that)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PayloadError("request body is not UTF-8") from None
-    try:
-        return json.loads(
-            text,
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_no_constants,
-            parse_int=_int,
-            parse_float=_float,
-        )
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PayloadError("request body is nested too deeply") from None
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise PayloadError(f"field {_cut(key)!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise PayloadError(f"{name} is not valid JSON")
-
-
-def _int(text: str) -> int:
-    if len(text) > NUMBER_TEXT_MAX:
-        raise PayloadError(f"a number of {len(text)} digits; at most {NUMBER_TEXT_MAX}")
-    return int(text)
-
-
-def _float(text: str) -> float:
-    if len(text) > NUMBER_TEXT_MAX:
-        raise PayloadError(f"a number of {len(text)} characters; at most {NUMBER_TEXT_MAX}")
-    return float(text)
-
-
-def _cut(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def vni_from_path(text: str) -> int:
     """A VNI from a URL path segment (ASCII decimal digits only)."""
     if text != text.strip():
-        raise PayloadError(f"VNI must be a decimal integer, got {_cut(text)!r}", "invalid-vni")
+        raise PayloadError(f"VNI must be a decimal integer, got {cut(text)!r}", "invalid-vni")
     try:
         return parse_vni(text)
     except InvalidValue as exc:
@@ -161,7 +87,7 @@ def address_from_text(text: object, where: str = "address") -> Address:
         )
     if text != text.strip() or not text or len(text) > ADDRESS_TEXT_MAX or "%" in text:
         raise PayloadError(
-            f"{where}: {_cut(text)!r} is not an IPv4 or IPv6 address", "invalid-address"
+            f"{where}: {cut(text)!r} is not an IPv4 or IPv6 address", "invalid-address"
         )
     try:
         return parse_vtep(text)
@@ -211,7 +137,7 @@ def _type_name(value: object) -> str:
 def _object(value: object, where: str, allowed: frozenset[str], required: frozenset[str]) -> Json:
     if not isinstance(value, dict):
         raise PayloadError(f"{where}: expected a JSON object, got {_type_name(value)}")
-    unknown = sorted(repr(_cut(str(k))) for k in value if k not in allowed)
+    unknown = sorted(repr(cut(str(k))) for k in value if k not in allowed)
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         shown = ", ".join(unknown[:5]) + more

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.apiharness import ADMIN_TOKEN, Harness, serve, snapshot, write_tokens
 from vxsnd import store as st
-from vxsnd.api import CLIENT_ERRORS
+from vxsnd.api_body import CLIENT_ERRORS
 
 # The pause between two segments of one body: long enough that the server has
 # handled the first segment's bytes alone (what failed on main), named here
