@@ -72,6 +72,10 @@ class Stats:
             t["slowest_len"] = len(data)
         if rss_step_kb > t["max_rss_step_kb"]:
             t["max_rss_step_kb"] = rss_step_kb
+        self.tick()
+
+    def tick(self) -> None:
+        """One more input run (an empty one too: libFuzzer's -runs counts it)."""
         self.total += 1
         if self.total == WARM_INPUTS:
             self.rss_warm_kb = rss_kb()
@@ -101,6 +105,7 @@ def make_entry(targets: list[FuzzTarget], stats: Stats) -> Any:
 
     def entry(data: bytes) -> None:
         if not data:
+            stats.tick()
             return
         target = targets[data[0] % len(targets)]
         body = data[1:]

@@ -216,6 +216,12 @@ HUGE = b"9" * 5000
         ("GET", "/v1/nodes/" + "n" * 5000, b""),
         ("GET", "/v1/nodes/hv%00one", b""),
         ("GET", "/v1/nodes/hv%1b%5b2J", b""),
+        ("GET", "/v1/nodes/%ff%fe", b""),
+        ("GET", "/v1/vnis/%ff", b""),
+        ("GET", "/v1/vnis/%EF%BC%97", b""),  # fullwidth digit seven
+        ("DELETE", "/v1/vnis/7/vteps/%ff", b""),
+        ("PUT", "/v1/vnis/7/vteps/fe80::1%25eth0", b""),
+        ("PUT", "/v1/vnis/7/vteps/192.0.2.1%0a", b""),
         # issue 13: a body that is not an object is 400 everywhere (null enrolled, 201)
         ("PUT", "/v1/vnis/7/vteps/192.0.2.50", b"null"),
         ("PUT", "/v1/vnis/7/vteps/192.0.2.50", b"[]"),
