@@ -102,7 +102,8 @@ def hold_time_from_json(value: object, where: str = "hold_time") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{where}: must be an integer number of seconds or null")
     if not 0 < value <= HOLD_TIME_MAX:
-        raise PayloadError(f"{where}: must be between 1 and {HOLD_TIME_MAX} seconds, got {value}")
+        shown = value if value.bit_length() <= 64 else f"a number of {len(str(value))} digits"
+        raise PayloadError(f"{where}: must be between 1 and {HOLD_TIME_MAX} seconds, got {shown}")
     return value
 
 

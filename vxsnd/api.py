@@ -285,6 +285,14 @@ def _bearer(request: web.Request) -> str | None:
     return credentials.strip()
 
 
+def _path(request: web.Request) -> str:
+    """The path as received, for a log line or a message: escaped and cut, since a
+    client chooses every byte of it."""
+    raw = request.raw_path
+    shown = raw if len(raw) <= 200 else raw[:197] + "..."
+    return ascii(shown)[1:-1] if not shown.isascii() or not shown.isprintable() else shown
+
+
 @web.middleware
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -298,7 +306,7 @@ async def errors_middleware(
     except reg.Conflict as exc:
         return error_response(409, exc.error, exc.detail)
     except reg.Unavailable as exc:
-        log.warning("registry unavailable during %s %s: %s", request.method, request.path, exc)
+        log.warning("registry unavailable during %s %s: %s", request.method, _path(request), exc)
         return error_response(503, "registry-unavailable", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -306,7 +314,7 @@ async def errors_middleware(
         code = exc.reason.lower().replace(" ", "-")
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
         if exc.status == 404:
-            detail = f"no such endpoint: {request.path}"
+            detail = f"no such endpoint: {_path(request)}"
         elif exc.status == 405:
             allowed = exc.headers.get("Allow", "")
             detail = f"{request.method} is not allowed here (allowed: {allowed})"
@@ -317,7 +325,7 @@ async def errors_middleware(
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("internal error in %s %s", request.method, request.path)
+        log.exception("internal error in %s %s", request.method, _path(request))
         return error_response(500, "internal", "internal error; see the vxsnd log")
 
 
@@ -345,7 +353,7 @@ async def auth_middleware(
             403, "forbidden", f"token {token.name!r} has role read; this change needs admin"
         )
     if needed is Role.ADMIN:
-        log.info("%s %s by token %r", request.method, request.path, token.name)
+        log.info("%s %s by token %r", request.method, _path(request), token.name)
     return await handler(request)
 
 

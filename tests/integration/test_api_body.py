@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,6 +209,7 @@ HUGE = b"9" * 5000
         ("PUT", "/v1/static", b'{"vteps": [{"vni": ' + HUGE + b', "address": "192.0.2.9"}]}'),
         ("PUT", "/v1/static", b'{"vteps": [], "x": ' + HUGE + b"}"),
         ("PUT", "/v1/vnis/7/vteps/192.0.2.9", b'{"hold_time": 1.' + HUGE + b"}"),
+        ("PUT", "/v1/vnis/7/vteps/192.0.2.9", b'{"hold_time": 1e308}'),
         ("PUT", "/v1/vnis/" + HUGE.decode() + "/vteps/192.0.2.9", b""),
         ("DELETE", "/v1/vnis/" + HUGE.decode() + "/vteps/192.0.2.9", b""),
         ("GET", "/v1/vnis/" + HUGE.decode(), b""),
@@ -282,3 +284,16 @@ async def test_a_vtep_listed_twice_in_an_import(store: st.Store, tmp_path: Path)
         body = json.dumps({"vteps": [same, same]}).encode()
         status, data = await raw_request(base, "PUT", "/v1/static", [body])
         assert status == 200 and data["added"] == 1 and data["removed"] == 3, data
+
+
+async def test_log_lines_show_a_hostile_path_escaped(
+    store: st.Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admin-change log line names the path; a client chooses every byte of it."""
+    caplog.set_level(logging.INFO, logger="vxsnd.api")
+    async with serve(Harness(store), write_tokens(tmp_path)) as base:
+        status, _ = await raw_request(base, "PUT", "/v1/vnis/7/vteps/%1b%5b2J%07", [])
+        assert status == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "vxsnd.api"]
+    assert "PUT /v1/vnis/7/vteps/%1b%5b2J%07 by token 'tester'" in lines, lines
+    assert not any("\x1b" in line or "\x07" in line for line in lines), lines
