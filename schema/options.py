@@ -48,6 +48,12 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- value parsers
 
 
+def _shown(value: object, repr_: bool = True, limit: int = 60) -> str:
+    """A refused value in an error message, cut: a config file or flag may hold anything."""
+    text = repr(value) if repr_ else str(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {type(value).__name__}")
@@ -62,11 +68,11 @@ def int_range(low: int, high: int) -> Callable[[object], int]:
             try:
                 value = int(value, 10)
             except ValueError:
-                raise ValueError(f"must be an integer, got {value!r}") from None
+                raise ValueError(f"must be an integer, got {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be an integer, got {type(value).__name__}")
         if not low <= value <= high:
-            raise ValueError(f"must be {low}..{high}, got {value}")
+            raise ValueError(f"must be {low}..{high}, got {_shown(value, repr_=False)}")
         return value
 
     return parse
@@ -80,7 +86,7 @@ def number_range(low: float, high: float, unit: str) -> Callable[[object], float
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"must be a number of {unit}, got {value!r}") from None
+                raise ValueError(f"must be a number of {unit}, got {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"must be a number of {unit}, got {type(value).__name__}")
         if not low <= value <= high:
@@ -92,7 +98,7 @@ def number_range(low: float, high: float, unit: str) -> Callable[[object], float
 
 def parse_bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {_shown(value)}")
     return value
 
 
@@ -123,7 +129,7 @@ def parse_sender_id(value: object) -> str:
 def parse_log_level(value: object) -> str:
     text = parse_str(value).upper()
     if text not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {_shown(value)}")
     return text
 
 

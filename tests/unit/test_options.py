@@ -234,3 +234,16 @@ def test_split_host_port_errors(text: str, min_port: int, message: str) -> None:
     with pytest.raises(ValueError) as exc:
         opt.split_host_port(text, 1, min_port)
     assert str(exc.value) == message
+
+
+def test_refused_values_are_cut_in_messages() -> None:
+    """A value the fuzzer (or a typo) makes huge is not echoed whole into the error."""
+    for parse, value in (
+        (opt.int_range(1, 10), "1" * 5000),
+        (opt.int_range(1, 10), 10**4000),
+        (opt.parse_log_level, "x" * 5000),
+        (opt.number_range(0.1, 60, "seconds"), "y" * 5000),
+    ):
+        with pytest.raises(ValueError) as exc:
+            parse(value)
+        assert len(str(exc.value)) < 200 and "characters)" in str(exc.value)
