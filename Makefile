@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all venv test unit integration e2e lint typecheck check bench demo clean
+.PHONY: all venv test unit integration e2e lint typecheck check bench fuzz demo clean
 
 all: test
 
@@ -46,6 +46,11 @@ check: lint typecheck
 
 bench: venv
 	$(BIN)/python -m tests.benchmarks.run_all
+
+## Fuzz every decoder (atheris); e.g. make fuzz FUZZ_ARGS="--runs 1000000".
+FUZZ_ARGS ?= --seconds 60
+fuzz: venv
+	$(BIN)/python -m tests.benchmarks.bench_fuzz $(FUZZ_ARGS)
 
 demo:
 	@if [ "$$(id -u)" != "0" ]; then echo "make demo builds network namespaces and needs root: run it as root (sudo make demo)"; exit 1; fi

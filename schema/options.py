@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schema.wire import MAX_SENDER
+from schema.validate import InvalidValue, check_node_id
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -48,6 +48,12 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- value parsers
 
 
+def _shown(value: object, repr_: bool = True, limit: int = 60) -> str:
+    """A refused value in an error message, cut: a config file or flag may hold anything."""
+    text = repr(value) if repr_ else str(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {type(value).__name__}")
@@ -62,11 +68,11 @@ def int_range(low: int, high: int) -> Callable[[object], int]:
             try:
                 value = int(value, 10)
             except ValueError:
-                raise ValueError(f"must be an integer, got {value!r}") from None
+                raise ValueError(f"must be an integer, got {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be an integer, got {type(value).__name__}")
         if not low <= value <= high:
-            raise ValueError(f"must be {low}..{high}, got {value}")
+            raise ValueError(f"must be {low}..{high}, got {_shown(value, repr_=False)}")
         return value
 
     return parse
@@ -80,7 +86,7 @@ def number_range(low: float, high: float, unit: str) -> Callable[[object], float
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"must be a number of {unit}, got {value!r}") from None
+                raise ValueError(f"must be a number of {unit}, got {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"must be a number of {unit}, got {type(value).__name__}")
         if not low <= value <= high:
@@ -92,7 +98,7 @@ def number_range(low: float, high: float, unit: str) -> Callable[[object], float
 
 def parse_bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {_shown(value)}")
     return value
 
 
@@ -114,16 +120,16 @@ def parse_str_list(value: object) -> tuple[str, ...]:
 
 def parse_sender_id(value: object) -> str:
     """A sender id as carried in datagrams (vxsnd's server_id, vxrd's node_id)."""
-    text = parse_str(value)
-    if not 0 < len(text) <= MAX_SENDER or not text.isprintable() or text.strip() != text:
-        raise ValueError(f"must be 1..{MAX_SENDER} printable characters without outer spaces")
-    return text
+    try:
+        return check_node_id(parse_str(value))
+    except InvalidValue as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_log_level(value: object) -> str:
     text = parse_str(value).upper()
     if text not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {_shown(value)}")
     return text
 
 
@@ -231,6 +237,10 @@ class OptionTable:
             raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except ValueError as exc:  # e.g. an integer over Python's digit limit
+            raise ConfigError(f"{path}: not usable TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not usable TOML: nested too deeply") from None
         for key in data:
             if key not in self.by_key:
                 hint = difflib.get_close_matches(key.replace("-", "_"), list(self.by_key), n=1)

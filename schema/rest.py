@@ -12,47 +12,70 @@ canonical (compressed) text form.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from schema.validate import VNI_MAX, VNI_MIN, Address, InvalidValue, check_vni, parse_vtep
+from schema.jsonbody import ABSENT, Absent, PayloadError, cut, decode_json
+from schema.validate import (
+    ADDRESS_TEXT_MAX,
+    NODE_ID_MAX,
+    NODE_ID_PATTERN,
+    VNI_MAX,
+    VNI_MIN,
+    VTEP_TEXT_PATTERN,
+    Address,
+    InvalidValue,
+    check_node_id,
+    check_vni,
+    parse_vni,
+    parse_vtep,
+)
 
 Json = dict[str, Any]
+# the body decoder lives in schema/jsonbody.py; these names are part of this module's API
+__all__ = ["ABSENT", "Absent", "PayloadError", "decode_json"]
 
 DESCRIPTION_MAX: Final = 200
 HOLD_TIME_MAX: Final = 2**31 - 1  # seconds; ~68 years is "for all practical purposes"
 BODY_MAX: Final = 64 * 1024  # bytes, for single-VTEP requests
 IMPORT_BODY_MAX: Final = 1024 * 1024  # bytes, for the replace-all import
-ADDRESS_TEXT_MAX: Final = 45  # longest textual IPv6 address
+# Descriptions: printable, i.e. no C0/C1 control character and no lone surrogate
+# (which JSON can spell as an escape but no registry can store as text).
+_DESCRIPTION_REFUSED: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+DESCRIPTION_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 ORIGINS: Final = ("registered", "static")
 
 
-class PayloadError(ValueError):
-    """A request that the API refuses with 400: `error` is a short code, `detail` says why."""
-
-    def __init__(self, detail: str, error: str = "invalid-payload") -> None:
-        super().__init__(detail)
-        self.error = error
-        self.detail = detail
-
-
-# --------------------------------------------------------------------- values
-
-
 def vni_from_path(text: str) -> int:
-    """A VNI from a URL path segment (decimal digits only)."""
-    if not text.isascii() or not text.isdigit():
-        raise PayloadError(f"VNI must be a decimal integer, got {text!r}", "invalid-vni")
+    """A VNI from a URL path segment (ASCII decimal digits only)."""
+    if text != text.strip():
+        raise PayloadError(f"VNI must be a decimal integer, got {cut(text)!r}", "invalid-vni")
     try:
-        return check_vni(int(text, 10))
+        return parse_vni(text)
     except InvalidValue as exc:
         raise PayloadError(str(exc), "invalid-vni") from None
 
 
+def node_from_path(text: str) -> str:
+    """A node id from a URL path segment (schema.validate's node-id rule)."""
+    try:
+        return check_node_id(text)
+    except InvalidValue as exc:
+        raise PayloadError(str(exc), "invalid-node-id") from None
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer is any number without a fractional part: 7.0 and 7e0 too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def vni_from_json(value: object, where: str = "vni") -> int:
     try:
-        return check_vni(value)
+        return check_vni(_json_integer(value))
     except InvalidValue as exc:
         raise PayloadError(f"{where}: {exc}", "invalid-vni") from None
 
@@ -63,7 +86,9 @@ def address_from_text(text: object, where: str = "address") -> Address:
             f"{where}: address must be a string, got {_type_name(text)}", "invalid-address"
         )
     if text != text.strip() or not text or len(text) > ADDRESS_TEXT_MAX or "%" in text:
-        raise PayloadError(f"{where}: {text!r} is not an IPv4 or IPv6 address", "invalid-address")
+        raise PayloadError(
+            f"{where}: {cut(text)!r} is not an IPv4 or IPv6 address", "invalid-address"
+        )
     try:
         return parse_vtep(text)
     except InvalidValue as exc:
@@ -73,10 +98,12 @@ def address_from_text(text: object, where: str = "address") -> Address:
 def hold_time_from_json(value: object, where: str = "hold_time") -> int | None:
     if value is None:
         return None
+    value = _json_integer(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{where}: must be an integer number of seconds or null")
     if not 0 < value <= HOLD_TIME_MAX:
-        raise PayloadError(f"{where}: must be between 1 and {HOLD_TIME_MAX} seconds, got {value}")
+        shown = value if value.bit_length() <= 64 else f"a number of {len(str(value))} digits"
+        raise PayloadError(f"{where}: must be between 1 and {HOLD_TIME_MAX} seconds, got {shown}")
     return value
 
 
@@ -87,8 +114,8 @@ def description_from_json(value: object, where: str = "description") -> str | No
         raise PayloadError(f"{where}: must be a string or null, got {_type_name(value)}")
     if len(value) > DESCRIPTION_MAX:
         raise PayloadError(f"{where}: {len(value)} characters, at most {DESCRIPTION_MAX}")
-    if not value.isprintable():
-        raise PayloadError(f"{where}: control characters are not allowed")
+    if _DESCRIPTION_REFUSED.search(value):
+        raise PayloadError(f"{where}: control characters and lone surrogates are not allowed")
     return value
 
 
@@ -111,10 +138,12 @@ def _type_name(value: object) -> str:
 def _object(value: object, where: str, allowed: frozenset[str], required: frozenset[str]) -> Json:
     if not isinstance(value, dict):
         raise PayloadError(f"{where}: expected a JSON object, got {_type_name(value)}")
-    unknown = sorted(str(k) for k in value if k not in allowed)
+    unknown = sorted(repr(cut(str(k))) for k in value if k not in allowed)
     if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        shown = ", ".join(unknown[:5]) + more
         raise PayloadError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            f"{where}: unknown field(s) {shown}; allowed: {', '.join(sorted(allowed))}"
         )
     missing = sorted(required - value.keys())
     if missing:
@@ -137,8 +166,9 @@ _ENROL_FIELDS = frozenset({"hold_time", "description"})
 
 
 def parse_enrol(body: object) -> EnrolRequest:
-    """An absent body is `None` here and means no hold time, no description."""
-    if body is None:
+    """An absent body (`ABSENT`) means no hold time, no description; any body that is
+    not a JSON object (null included) is refused."""
+    if body is ABSENT:
         return EnrolRequest()
     obj = _object(body, "body", _ENROL_FIELDS, frozenset())
     return EnrolRequest(
@@ -177,21 +207,34 @@ def parse_replace_all(body: object) -> tuple[StaticVtep, ...]:
     if not isinstance(items, list):
         raise PayloadError(f"vteps: expected an array, got {_type_name(items)}")
     vteps = tuple(parse_static_vtep(item, f"vteps[{i}]") for i, item in enumerate(items))
-    _refuse_duplicates(vteps, [f"vteps[{i}]" for i in range(len(vteps))])
-    return vteps
+    return _refuse_duplicates(vteps, [f"vteps[{i}]" for i in range(len(vteps))], merge=True)
 
 
-def _refuse_duplicates(vteps: tuple[StaticVtep, ...], labels: list[str]) -> None:
-    first: dict[tuple[int, Address], str] = {}
+def _refuse_duplicates(
+    vteps: tuple[StaticVtep, ...], labels: list[str], merge: bool = False
+) -> tuple[StaticVtep, ...]:
+    """Refuse a VTEP listed twice. With `merge` (the REST import) a repetition that
+    says exactly the same is kept once and one that disagrees is a 409: JSON Schema
+    cannot say "unique by (vni, address)", and a schema-valid request must not get 400."""
+    first: dict[tuple[int, Address], tuple[str, StaticVtep]] = {}
+    kept: list[StaticVtep] = []
     for vtep, label in zip(vteps, labels, strict=True):
         key = (vtep.vni, vtep.address)
-        if key in first:
-            raise PayloadError(
-                f"{label}: VNI {vtep.vni} address {vtep.address} is listed twice "
-                f"(first at {first[key]})",
-                "duplicate",
-            )
-        first[key] = label
+        seen = first.get(key)
+        if seen is None:
+            first[key] = (label, vtep)
+            kept.append(vtep)
+            continue
+        if merge and seen[1] == vtep:
+            continue
+        differs = " with other settings" if merge else ""
+        raise PayloadError(
+            f"{label}: VNI {vtep.vni} address {vtep.address} is listed twice{differs} "
+            f"(first at {seen[0]})",
+            "conflicting-duplicate" if merge else "duplicate",
+            409 if merge else 400,
+        )
+    return tuple(kept)
 
 
 def parse_static_file(text: str, source: str = "<input>") -> tuple[StaticVtep, ...]:
@@ -210,13 +253,9 @@ def parse_static_file(text: str, source: str = "<input>") -> tuple[StaticVtep, .
         if len(fields) < 2:
             raise PayloadError(f"{where}: expected 'VNI ADDRESS [description]'")
         try:
-            vni = check_vni(int(fields[0], 10)) if fields[0].isdigit() else None
+            vni = parse_vni(fields[0])
         except InvalidValue as exc:
             raise PayloadError(f"{where}: {exc}", "invalid-vni") from None
-        if vni is None:
-            raise PayloadError(
-                f"{where}: VNI must be a decimal integer, got {fields[0]!r}", "invalid-vni"
-            )
         address = address_from_text(fields[1], where)
         description = description_from_json(fields[2], where) if len(fields) == 3 else None
         vteps.append(StaticVtep(vni, address, None, description))
@@ -237,12 +276,29 @@ def static_vtep_json(vtep: StaticVtep) -> Json:
 
 # ---------------------------------------------------------------- JSON Schema
 
-VNI_SCHEMA: Final[Json] = {"type": "integer", "minimum": VNI_MIN, "maximum": VNI_MAX}
+VNI_SCHEMA: Final[Json] = {
+    "type": "integer",
+    "minimum": VNI_MIN,
+    "maximum": VNI_MAX,
+    "example": 100,
+}
 ADDRESS_SCHEMA: Final[Json] = {
     "type": "string",
     "maxLength": ADDRESS_TEXT_MAX,
-    "description": "unicast IPv4 or IPv6 VTEP address",
+    "pattern": VTEP_TEXT_PATTERN,
+    "description": (
+        "a VTEP address: unicast IPv4 outside 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 and "
+        "224.0.0.0/3, or IPv6 in 2000::/3 or fc00::/7 (the pattern is exactly that rule)"
+    ),
     "example": "192.0.2.10",
+}
+NODE_ID_SCHEMA: Final[Json] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": NODE_ID_MAX,
+    "pattern": NODE_ID_PATTERN,
+    "description": "a node id: 1..64 of A-Z a-z 0-9 . _ - : @",
+    "example": "hv-1",
 }
 _HOLD_TIME: Final[Json] = {
     "type": ["integer", "null"],
@@ -250,7 +306,12 @@ _HOLD_TIME: Final[Json] = {
     "maximum": HOLD_TIME_MAX,
     "description": "seconds until the static VTEP expires; null or absent: never",
 }
-_DESCRIPTION: Final[Json] = {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX}
+_DESCRIPTION: Final[Json] = {
+    "type": ["string", "null"],
+    "maxLength": DESCRIPTION_MAX,
+    "pattern": DESCRIPTION_PATTERN,
+    "description": "free text without control characters",
+}
 _TIME: Final[Json] = {"type": "number", "description": "epoch seconds"}
 _TIME_OR_NULL: Final[Json] = {"type": ["number", "null"], "description": "epoch seconds"}
 

@@ -25,7 +25,15 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 import msgpack
 
 from schema.keys import TAG_BYTES, Keyring
-from schema.validate import Address, InvalidValue, check_vni, vtep_from_packed
+from schema.validate import (
+    NODE_ID_MAX,
+    Address,
+    InvalidValue,
+    check_node_id,
+    check_vni,
+    is_node_id,
+    vtep_from_packed,
+)
 
 MAGIC = b"VF"
 VERSION = 1
@@ -34,7 +42,7 @@ DEFAULT_BUDGET = 1400
 MAX_DATAGRAM = 9000  # receive limit: jumbo underlays may raise the send budget to this
 MAX_PARTS = 4096
 MAX_LIST = 4096
-MAX_SENDER = 64
+MAX_SENDER = NODE_ID_MAX  # sender ids are node ids (schema.validate.check_node_id)
 MAX_REGISTRY_ID = 64
 U64_MAX = 2**64 - 1
 MAX_HOLD_TIME = 65_535
@@ -207,6 +215,18 @@ class _Body:
         raise Rejected("invalid", f"field {key!r} must be a list of at most {MAX_LIST}")
 
 
+def _sender(value: object) -> str:
+    if type(value) is str and is_node_id(value):
+        return value
+    if value is _MISSING:
+        raise Rejected("invalid", "missing field 's'")
+    try:
+        check_node_id(value)
+    except InvalidValue as exc:
+        raise Rejected("invalid", f"sender: {exc}") from None
+    raise Rejected("invalid", "sender: not a node id")  # a str subclass; msgpack builds none
+
+
 def _vni(value: object) -> int:
     try:
         return check_vni(value)
@@ -257,7 +277,7 @@ def _parts(b: _Body) -> tuple[int, int]:
 
 def _from_body(mtype: int, raw: object) -> Message:
     b = _Body(raw)
-    env = Envelope(b.text("s", MAX_SENDER), b.uint("i"), b.uint("q"), b.uint("t"))
+    env = Envelope(_sender(b.raw.get("s", _MISSING)), b.uint("i"), b.uint("q"), b.uint("t"))
     if mtype == Register.TYPE:
         part, parts = _parts(b)
         entries: list[VniEntry] = []
@@ -483,8 +503,10 @@ class Sequencer:
     def __init__(
         self, sender: str, incarnation: int | None = None, clock: Callable[[], float] | None = None
     ) -> None:
-        if not 0 < len(sender) <= MAX_SENDER:
-            raise ValueError(f"sender id must be 1..{MAX_SENDER} characters")
+        try:
+            check_node_id(sender)
+        except InvalidValue as exc:
+            raise ValueError(f"sender id: {exc}") from None
         self.sender = sender
         self.incarnation = secrets.randbits(63) if incarnation is None else incarnation
         self.seq = 0

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schema import rest
 from schema.rest import Json, PayloadError
 from vxsnd import api_backend as reg
+from vxsnd.api_body import http_log, read_json
 from vxsnd.openapi import Access, Body, Route, build_document
 from vxsnd.tokens import Role, TokenFileError, Tokens
 
@@ -73,46 +74,6 @@ def _dumps(data: Any) -> str:
 
 def error_response(status: int, error: str, detail: str) -> web.Response:
     return json_response({"error": error, "detail": detail}, status=status)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise PayloadError(f"field {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise PayloadError(f"{name} is not valid JSON")
-
-
-async def read_json(request: web.Request, body: Body) -> object:
-    """The decoded JSON body, or None when absent and allowed to be."""
-    length = request.content_length
-    if length is not None and length > body.limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=body.limit, actual_size=length)
-    raw = await request.content.read(body.limit + 1)
-    if len(raw) > body.limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=body.limit, actual_size=len(raw))
-    if not raw.strip():
-        if body.required:
-            raise PayloadError("a JSON request body is required")
-        return None
-    ctype = request.headers.get("Content-Type")
-    if ctype is not None and request.content_type not in ("application/json", ""):
-        raise web.HTTPUnsupportedMediaType(text=f"expected application/json, got {ctype}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PayloadError("request body is not UTF-8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PayloadError("request body is nested too deeply") from None
 
 
 def _address_param(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -167,7 +128,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    node_id = request.match_info["node"]
+    node_id = rest.node_from_path(request.match_info["node"])
     detail = await _state(request).backend.node(node_id)
     if detail is None:
         raise reg.NotFound(f"no agent with id {node_id!r} is registered", "unknown-node")
@@ -250,7 +211,10 @@ ROUTES: Final[tuple[Route, ...]] = (
         "replace_static",
         "Atomically replace every static VTEP with the given list",
         Access.ADMIN,
-        {200: ("the static VTEPs were replaced", rest.REPLACE_RESULT_SCHEMA)},
+        {
+            200: ("the static VTEPs were replaced", rest.REPLACE_RESULT_SCHEMA),
+            409: ("one VTEP is listed twice with different settings", rest.ERROR_SCHEMA),
+        },
         body=Body(rest.REPLACE_ALL_SCHEMA, required=True, limit=rest.IMPORT_BODY_MAX),
     ),
     Route(
@@ -270,7 +234,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "One agent: address, VNIs with local address and applied generation",
         Access.READ,
         {200: ("the agent", rest.NODE_DETAIL_SCHEMA)},
-        params={"node": {"type": "string", "minLength": 1, "maxLength": 64}},
+        params={"node": rest.NODE_ID_SCHEMA},
     ),
     Route(
         "GET",
@@ -321,6 +285,14 @@ def _bearer(request: web.Request) -> str | None:
     return credentials.strip()
 
 
+def _path(request: web.Request) -> str:
+    """The path as received, for a log line or a message: escaped and cut, since a
+    client chooses every byte of it."""
+    raw = request.raw_path
+    shown = raw if len(raw) <= 200 else raw[:197] + "..."
+    return ascii(shown)[1:-1] if not shown.isascii() or not shown.isprintable() else shown
+
+
 @web.middleware
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -328,13 +300,13 @@ async def errors_middleware(
     try:
         return await handler(request)
     except PayloadError as exc:
-        return error_response(400, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail)
     except reg.NotFound as exc:
         return error_response(404, exc.error, exc.detail)
     except reg.Conflict as exc:
         return error_response(409, exc.error, exc.detail)
     except reg.Unavailable as exc:
-        log.warning("registry unavailable during %s %s: %s", request.method, request.path, exc)
+        log.warning("registry unavailable during %s %s: %s", request.method, _path(request), exc)
         return error_response(503, "registry-unavailable", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -342,7 +314,7 @@ async def errors_middleware(
         code = exc.reason.lower().replace(" ", "-")
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
         if exc.status == 404:
-            detail = f"no such endpoint: {request.path}"
+            detail = f"no such endpoint: {_path(request)}"
         elif exc.status == 405:
             allowed = exc.headers.get("Allow", "")
             detail = f"{request.method} is not allowed here (allowed: {allowed})"
@@ -353,7 +325,7 @@ async def errors_middleware(
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("internal error in %s %s", request.method, request.path)
+        log.exception("internal error in %s %s", request.method, _path(request))
         return error_response(500, "internal", "internal error; see the vxsnd log")
 
 
@@ -381,7 +353,7 @@ async def auth_middleware(
             403, "forbidden", f"token {token.name!r} has role read; this change needs admin"
         )
     if needed is Role.ADMIN:
-        log.info("%s %s by token %r", request.method, request.path, token.name)
+        log.info("%s %s by token %r", request.method, _path(request), token.name)
     return await handler(request)
 
 
@@ -398,7 +370,8 @@ def build_app(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=rest.IMPORT_BODY_MAX,
     )
-    app[STATE] = ApiState(backend, tokens, metrics_registry, build_document(ROUTES))
+    document = build_document(ROUTES, authenticated=tokens is not None)
+    app[STATE] = ApiState(backend, tokens, metrics_registry, document)
     app[ROUTE_BY_NAME] = {route.name: route for route in ROUTES}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
@@ -453,7 +426,7 @@ async def start_api(
     metrics_obj = getattr(daemon, "metrics", None)
     registry = getattr(metrics_obj, "registry", None)
     app = build_app(reg.Backend.from_daemon(daemon), tokens=tokens, metrics_registry=registry)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

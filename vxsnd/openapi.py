@@ -77,6 +77,7 @@ def responses_of(route: Route, authenticated: bool = True) -> dict[int, tuple[st
     if route.params:
         out[404] = _error("no such object")
     if route.body is not None:
+        out[408] = _error("the request body did not arrive in time")
         out[413] = _error("request body too large")
         out[415] = _error("request body is not application/json")
     if route.tag == "registry":
@@ -85,7 +86,12 @@ def responses_of(route: Route, authenticated: bool = True) -> dict[int, tuple[st
     return out
 
 
-def build_document(routes: Iterable[Route], *, server_url: str | None = None) -> Json:
+def build_document(
+    routes: Iterable[Route], *, server_url: str | None = None, authenticated: bool = True
+) -> Json:
+    """The document as served: with `authenticated` (a token file is configured) every
+    non-public operation declares bearer security and its 401/403; without, none does
+    and the document declares no security scheme at all."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         op: dict[str, Any] = {
@@ -94,9 +100,8 @@ def build_document(routes: Iterable[Route], *, server_url: str | None = None) ->
             "tags": [route.tag],
             "responses": {},
         }
-        if route.access is Access.PUBLIC:
-            op["security"] = []
-        else:
+        if authenticated and route.access is not Access.PUBLIC:
+            op["security"] = [{"bearer": []}]
             op["x-vxsnd-role"] = route.access.value
         params = [
             {"name": name, "in": "path", "required": True, "schema": route.params[name]}
@@ -109,7 +114,7 @@ def build_document(routes: Iterable[Route], *, server_url: str | None = None) ->
                 "required": route.body.required,
                 "content": {"application/json": {"schema": route.body.schema}},
             }
-        for status, (description, schema) in sorted(responses_of(route).items()):
+        for status, (description, schema) in sorted(responses_of(route, authenticated).items()):
             response: dict[str, Any] = {"description": description}
             if schema is None:
                 response["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -117,6 +122,12 @@ def build_document(routes: Iterable[Route], *, server_url: str | None = None) ->
                 response["content"] = {"application/json": {"schema": schema}}
             op["responses"][str(status)] = response
         paths.setdefault(route.path, {})[route.method.lower()] = op
+    access = (
+        "Every /v1 request needs a bearer token (role read), every change role admin."
+        if authenticated
+        else "This service node runs without a token file: no request needs a token "
+        "(the API then listens on loopback only)."
+    )
     doc: Json = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -124,16 +135,15 @@ def build_document(routes: Iterable[Route], *, server_url: str | None = None) ->
             "version": API_VERSION,
             "description": (
                 "Registry of the vxflood service node: VNIs, their VTEPs (registered by "
-                "agents or enrolled as static), and the agents. With a token file every "
-                "/v1 request needs a bearer token (role read), every change role admin."
+                "agents or enrolled as static), and the agents. " + access
             ),
         },
         "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
     }
+    if authenticated:
+        doc["components"] = {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        }
     if server_url is not None:
         doc["servers"] = [{"url": server_url}]
     return doc

@@ -353,11 +353,6 @@ BAD_REQUESTS: list[tuple[str, str, Any]] = [
             ]
         },
     ),
-    (
-        "PUT",
-        "/v1/static",
-        {"vteps": [{"vni": 100, "address": "192.0.2.20"}, {"vni": 100, "address": "192.0.2.20"}]},
-    ),
 ]
 
 

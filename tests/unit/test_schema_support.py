@@ -5,16 +5,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from schema.keys import KeyFileError, Keyring, load_key_file, readable_by_others
 from schema.replay import ReplayGuard
 from schema.validate import (
+    NODE_ID_PATTERN,
+    VTEP_TEXT_PATTERN,
     InvalidValue,
+    check_node_id,
     check_vni,
     parse_vni,
     parse_vtep,
@@ -169,6 +175,16 @@ def test_valid_vnis_and_types() -> None:
         "fe80::1",
         "::ffff:198.18.0.1",
         "300.1.1.1",
+        # issue 9 finding 7: these were accepted while fe80::/10 was refused
+        "169.254.10.1",
+        "0.1.2.3",
+        "::1.2.3.4",
+        "::192.0.2.1",
+        # IPv6 outside global unicast and unique local
+        "4000::1",
+        "100::1",
+        "fec0::1",
+        "2001:db8::1%eth0",
         "host",
         "",
     ],
@@ -182,3 +198,96 @@ def test_non_unicast_vteps_refused(text: str) -> None:
 def test_unicast_vteps_accepted(text: str) -> None:
     assert parse_vtep(text) == ipaddress.ip_address(text)
     assert vtep_from_packed(ipaddress.ip_address(text).packed) == ipaddress.ip_address(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["100.64.0.1", "172.16.0.1", "192.168.1.1", "223.255.255.254", "169.253.0.1"]
+)
+def test_private_and_shared_v4_accepted(text: str) -> None:
+    assert parse_vtep(text) == ipaddress.ip_address(text)
+
+
+def test_one_vtep_rule_for_text_and_wire() -> None:
+    """Every packed address is accepted on the wire exactly when its text is."""
+    samples = [
+        "169.254.1.1",
+        "0.0.0.1",
+        "::1.2.3.4",
+        "::ffff:1.2.3.4",
+        "fe80::1",
+        "ff05::2",
+        "2001:db8::1",
+        "fd12::1",
+        "192.0.2.1",
+        "255.255.255.255",
+    ]
+    for text in samples:
+        packed = ipaddress.ip_address(text).packed
+        try:
+            parse_vtep(text)
+            text_ok = True
+        except InvalidValue:
+            text_ok = False
+        try:
+            vtep_from_packed(packed)
+            wire_ok = True
+        except InvalidValue:
+            wire_ok = False
+        assert text_ok == wire_ok, text
+
+
+def _accepted(text: str) -> bool:
+    try:
+        parse_vtep(text)
+    except InvalidValue:
+        return False
+    return True
+
+
+_VTEP_RX = re.compile(VTEP_TEXT_PATTERN, re.ASCII)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(hst.from_regex(_VTEP_RX, fullmatch=True))
+def test_every_text_the_openapi_pattern_allows_is_accepted(text: str) -> None:
+    assert _accepted(text), text
+
+
+_ADDR_INTS = hst.one_of(
+    hst.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+    hst.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+    hst.sampled_from([0x2000, 0x3FFF, 0xFC00, 0xFDFF, 0xFE80, 0xFF00, 0, 0x1FFF, 0x4000]).flatmap(
+        lambda top: hst.integers(0, 2**112 - 1).map(
+            lambda low: ipaddress.IPv6Address(top << 112 | low)
+        )
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(_ADDR_INTS)
+def test_the_openapi_pattern_is_exactly_the_vtep_rule(address: ipaddress._BaseAddress) -> None:
+    forms = {str(address)}
+    if isinstance(address, ipaddress.IPv6Address):
+        forms |= {address.exploded, address.exploded.upper()}
+    for text in forms:
+        assert (_VTEP_RX.fullmatch(text) is not None) == _accepted(text), text
+
+
+@pytest.mark.parametrize(
+    "text", ["hv-1", "hv01.example.org", "node_7", "a", "rack:4@dc-2", "x" * 64]
+)
+def test_node_ids_accepted(text: str) -> None:
+    assert check_node_id(text) == text
+    assert re.fullmatch(NODE_ID_PATTERN, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "x" * 65, "hv 1", " hv", "hv\x00", "hv\n", "hv\x1b[31m", "é", "a/b", "a%b", "a\u200b"],
+)
+def test_node_ids_refused(text: str) -> None:
+    rule = re.escape("must be 1..64 characters of A-Z a-z 0-9 . _ - : @")
+    with pytest.raises(InvalidValue, match=rule):
+        check_node_id(text)
+    assert not re.fullmatch(NODE_ID_PATTERN, text)

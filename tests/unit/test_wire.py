@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schema.keys import Keyring
+from schema.validate import NODE_ID_PATTERN
 from schema.wire import (
     DEFAULT_BUDGET,
     HEADER,
@@ -57,13 +58,14 @@ def test_every_message_type_has_a_golden_vector() -> None:
 unicast_v4 = (
     st.integers(0x01000000, 0xDFFFFFFF)
     .map(ipaddress.IPv4Address)
-    .filter(lambda a: not a.is_loopback and not a.is_unspecified)
+    .filter(lambda a: not a.is_loopback and not a.is_link_local)
 )
 unicast_v6 = st.integers(0x20010000 << 96, (0x3FFF << 112) - 1).map(ipaddress.IPv6Address)
 vteps = st.one_of(unicast_v4, unicast_v6)
 vnis = st.integers(1, 16_777_215)
 u64 = st.integers(0, 2**64 - 1)
-envelopes = st.builds(Envelope, st.text(min_size=1, max_size=64), u64, u64, st.integers(0, 2**63))
+node_ids = st.from_regex(NODE_ID_PATTERN, fullmatch=True)
+envelopes = st.builds(Envelope, node_ids, u64, u64, st.integers(0, 2**63))
 
 
 @st.composite
@@ -391,5 +393,26 @@ def test_sequencer_numbers_and_validates() -> None:
     a, b = seq.next(), seq.next()
     assert (a.seq, b.seq, a.time_ms, a.incarnation == b.incarnation) == (1, 2, 12500, True)
     assert Sequencer("n").incarnation != Sequencer("n").incarnation
-    with pytest.raises(ValueError):
-        Sequencer("")
+    for bad in ("", "x" * 65, "hv 1", "hv\x00", "hv\n"):
+        with pytest.raises(ValueError, match="sender id: node id"):
+            Sequencer(bad)
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["", "x" * 65, "hv\x00one", "hv\x1b[2J", "hv one", "hv\u202eeno", "é", 7, b"hv", None],
+)
+def test_sender_ids_off_the_node_id_rule_are_rejected(sender: object) -> None:
+    """Issue 9 finding 7: NUL and control characters in a sender id reached the log raw."""
+    body = {"s": sender, "i": 1, "q": 1, "t": 1, "r": "", "v": []}
+    with pytest.raises(Rejected) as info:
+        Codec().decode(_unsigned(body, 3))
+    assert info.value.reason == "invalid"
+    assert "sender" in info.value.detail
+    assert "\x00" not in str(info.value) and "\x1b" not in str(info.value)
+
+
+def test_sender_id_rule_on_the_wire_accepts_host_names() -> None:
+    for sender in ("hv-1", "hv01.example.org", "rack_4:a@dc", "x" * 64):
+        body = {"s": sender, "i": 1, "q": 1, "t": 1, "r": "", "v": []}
+        assert Codec().decode(_unsigned(body, 3)).env.sender == sender
