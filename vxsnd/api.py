@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schema import rest
 from schema.rest import Json, PayloadError
 from vxsnd import api_backend as reg
+from vxsnd import web as status_page
 from vxsnd.api_body import http_log, read_json
 from vxsnd.openapi import Access, Body, Route, build_document
 from vxsnd.tokens import Role, TokenFileError, Tokens
@@ -269,6 +270,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         {200: ("the OpenAPI document", {"type": "object"})},
         tag="service",
     ),
+    *status_page.ROUTES,
 )
 
 
@@ -338,6 +340,8 @@ async def auth_middleware(
     if tokens is None or route is None or route.access is Access.PUBLIC:
         return await handler(request)
     presented = _bearer(request)
+    if presented is None and route.tag == status_page.TAG:
+        presented = status_page.basic_token(request)
     token = tokens.lookup(presented) if presented is not None else None
     if token is None:
         response = error_response(
@@ -345,7 +349,9 @@ async def auth_middleware(
             "unauthorized",
             "missing bearer token" if presented is None else "unknown bearer token",
         )
-        response.headers["WWW-Authenticate"] = 'Bearer realm="vxsnd"'
+        response.headers["WWW-Authenticate"] = (
+            status_page.CHALLENGE if route.tag == status_page.TAG else 'Bearer realm="vxsnd"'
+        )
         return response
     needed = Role.ADMIN if route.access is Access.ADMIN else Role.READ
     if not token.role.allows(needed):
@@ -375,6 +381,7 @@ def build_app(
     app[ROUTE_BY_NAME] = {route.name: route for route in ROUTES}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    status_page.setup(app, backend.store, metrics_registry)
     return app
 
 

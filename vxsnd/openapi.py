@@ -56,6 +56,7 @@ class Route:
     params: Mapping[str, Json] = field(default_factory=dict)
     body: Body | None = None
     tag: str = "registry"
+    media: str = "text/plain"  # the content type of responses whose schema is None
 
     def path_params(self) -> list[str]:
         return re.findall(r"{(\w+)}", self.path)
@@ -117,7 +118,7 @@ def build_document(
         for status, (description, schema) in sorted(responses_of(route, authenticated).items()):
             response: dict[str, Any] = {"description": description}
             if schema is None:
-                response["content"] = {"text/plain": {"schema": {"type": "string"}}}
+                response["content"] = {route.media: {"schema": {"type": "string"}}}
             else:
                 response["content"] = {"application/json": {"schema": schema}}
             op["responses"][str(status)] = response

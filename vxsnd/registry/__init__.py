@@ -44,7 +44,16 @@ from vxsnd.registry.model import (
     expiry,
     is_expired,
 )
-from vxsnd.registry.records import Delta, Lagging, Member, Node, NodeVni, Origin, VniSummary
+from vxsnd.registry.records import (
+    Change,
+    Delta,
+    Lagging,
+    Member,
+    Node,
+    NodeVni,
+    Origin,
+    VniSummary,
+)
 from vxsnd.registry.revisions import current_revision, head_revision, upgrade_schema
 from vxsnd.registry.runner import normalize_url, safe_url
 from vxsnd.registry.store import DEFAULT_DB_PATH, DEFAULT_LOG_DEPTH, Store, default_db_url
@@ -55,6 +64,7 @@ __all__ = [
     "Ack",
     "Batch",
     "BatchResult",
+    "Change",
     "Delta",
     "IdentityChange",
     "IdentityListener",

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from schema import tables as t
 from vxsnd.registry.records import (
+    Change,
     Delta,
     Lagging,
     Member,
@@ -24,15 +25,18 @@ from vxsnd.registry.records import (
 from vxsnd.registry.runner import chunks
 
 __all__ = [
+    "change_log",
     "delta",
     "generations",
     "health",
     "lagging",
     "member_addresses",
     "members",
+    "memberships",
     "node",
     "node_vnis",
     "nodes",
+    "static_members",
     "vnis",
 ]
 
@@ -210,3 +214,31 @@ def lagging(conn: Connection, vnis: list[int] | None) -> list[Lagging]:
 
 def health(conn: Connection) -> bool:
     return bool(conn.execute(select(1)).scalar_one() == 1)
+
+
+def memberships(conn: Connection, vni: int | None) -> list[NodeVni]:
+    query = select(_nv, _v.c.generation).join(_v, _v.c.vni == _nv.c.vni)
+    if vni is not None:
+        query = query.where(_nv.c.vni == vni)
+    return [
+        NodeVni(r.node_id, r.vni, r.local_address, r.applied_generation, r.generation)
+        for r in conn.execute(query)
+    ]
+
+
+def static_members(conn: Connection) -> list[Member]:
+    query = select(_m).where(_m.c.origin == t.ORIGIN_STATIC)
+    return [
+        Member(r.vni, r.address, Origin.STATIC, None, r.expires_at, r.description, r.created_at)
+        for r in conn.execute(query)
+    ]
+
+
+def change_log(conn: Connection, vni: int, limit: int) -> list[Change]:
+    query = (
+        select(_c)
+        .where(_c.c.vni == vni)
+        .order_by(_c.c.generation.desc(), _c.c.address)
+        .limit(limit)
+    )
+    return [Change(r.vni, r.generation, r.address, r.op) for r in conn.execute(query)]

@@ -69,6 +69,16 @@ class NodeVni:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One change-log row: `address` was added or removed (`op`) at `generation`."""
+
+    vni: int
+    generation: int
+    address: str
+    op: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lagging:
     """A node that has not acked the current generation of a VNI it serves."""
 

@@ -43,7 +43,7 @@ from vxsnd.registry.health import (
     describe,
 )
 from vxsnd.registry.model import Batch, BatchResult
-from vxsnd.registry.records import Delta, Lagging, Member, Node, NodeVni, VniSummary
+from vxsnd.registry.records import Change, Delta, Lagging, Member, Node, NodeVni, VniSummary
 from vxsnd.registry.revisions import ensure_registry_id, prepare, read_registry_id
 from vxsnd.registry.runner import (
     Database,
@@ -366,6 +366,18 @@ class Store:
     async def lagging(self, vnis: Iterable[int] | None = None) -> list[Lagging]:
         """Nodes whose applied generation is behind, in the given (default: all) VNIs."""
         return await self._db.read(reads.lagging, None if vnis is None else sorted(set(vnis)))
+
+    async def memberships(self, vni: int | None = None) -> list[NodeVni]:
+        """Every node's claims (or one VNI's) in one read: the status page's lag view."""
+        return await self._db.read(reads.memberships, vni)
+
+    async def static_members(self) -> list[Member]:
+        """Static members of every VNI (few): the status page's expiry view."""
+        return await self._db.read(reads.static_members)
+
+    async def change_log(self, vni: int, limit: int) -> list[Change]:
+        """The newest `limit` rows of a VNI's change log, newest first."""
+        return await self._db.read(reads.change_log, vni, limit)
 
     async def health(self) -> bool:
         """True when the registry answers and is still the one this store opened."""
