@@ -42,7 +42,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 check: lint typecheck
-	$(BIN)/python -m migrations.check
+	$(BIN)/python -m vxflood.migrations.check
 
 bench: venv
 	$(BIN)/python -m tests.benchmarks.run_all

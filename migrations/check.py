@@ -1,4 +1,4 @@
-"""`python -m migrations.check`: does the newest revision match schema.tables?
+"""`python -m vxflood.migrations.check`: does the newest revision match schema.tables?
 
 Upgrades a throwaway SQLite database (or the database given with --url) to
 head, then runs `alembic check`, which fails when autogenerate would produce
@@ -16,11 +16,11 @@ from pathlib import Path
 from alembic import command
 from alembic.util import CommandError
 
-from migrations import alembic_config
+from vxflood.migrations import alembic_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m migrations.check", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vxflood.migrations.check", description=__doc__)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--url", help="check this database instead of a throwaway SQLite one")
     group.add_argument("--prepare", metavar="URL", help="only upgrade URL to head")

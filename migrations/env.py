@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from schema.tables import metadata
+from vxflood.schema.tables import metadata
 
 config = context.config
 target_metadata = metadata
@@ -44,7 +44,7 @@ def _throwaway_url() -> str:
     path = Path(tmp) / "registry.db"
     url = f"sqlite:///{path}"
     subprocess.run(
-        [sys.executable, "-m", "migrations.check", "--prepare", url],
+        [sys.executable, "-m", "vxflood.migrations.check", "--prepare", url],
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     )

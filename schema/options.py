@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schema.validate import InvalidValue, check_node_id
+from vxflood.schema.validate import InvalidValue, check_node_id
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from schema.jsonbody import ABSENT, Absent, PayloadError, cut, decode_json
-from schema.validate import (
+from vxflood.schema.jsonbody import ABSENT, Absent, PayloadError, cut, decode_json
+from vxflood.schema.validate import (
     ADDRESS_TEXT_MAX,
     NODE_ID_MAX,
     NODE_ID_PATTERN,

@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
 )
 
-from schema.limits import (
+from vxflood.schema.limits import (
     ADDRESS_MAX,
     DESCRIPTION_MAX,
     NODE_ID_MAX,

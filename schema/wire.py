@@ -24,8 +24,8 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import msgpack
 
-from schema.keys import TAG_BYTES, Keyring
-from schema.validate import (
+from vxflood.schema.keys import TAG_BYTES, Keyring
+from vxflood.schema.validate import (
     NODE_ID_MAX,
     Address,
     InvalidValue,

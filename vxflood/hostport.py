@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from schema.options import split_host_port
+from vxflood.schema.options import split_host_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from schema.keys import KeyFileError, Keyring, load_key_file
-from schema.wire import Codec
 from vxflood.lifecycle import EXIT_CONFIG, StartupError
+from vxflood.schema.keys import KeyFileError, Keyring, load_key_file
+from vxflood.schema.wire import Codec
 
 
 def load_keys(path: Path | None, log: logging.Logger) -> Keyring | None:

@@ -28,9 +28,9 @@ import logging
 import time
 from typing import Any
 
-from schema.keys import Keyring
-from schema.validate import Address
-from schema.wire import Codec
+from vxflood.schema.keys import Keyring
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import Codec
 from vxrd.answers import ServerState
 from vxrd.client import ServerClient
 from vxrd.config import Config

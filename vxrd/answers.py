@@ -18,8 +18,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from schema.validate import Address
-from schema.wire import Ack, Membership, VniEntry
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import Ack, Membership, VniEntry
 
 log = logging.getLogger("vxrd.client")
 

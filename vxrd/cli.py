@@ -24,7 +24,6 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from schema.keys import Keyring
 from vxflood.hostport import format_host_port
 from vxflood.keys import key_reloader, load_keys
 from vxflood.lifecycle import (
@@ -36,6 +35,7 @@ from vxflood.lifecycle import (
     os_reason,
 )
 from vxflood.logs import setup_logging
+from vxflood.schema.keys import Keyring
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
 from vxrd.kernel import Kernel

@@ -27,9 +27,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping
 
-from schema.replay import ReplayGuard
-from schema.validate import Address
-from schema.wire import (
+from vxflood.schema.replay import ReplayGuard
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import (
     DEFAULT_BUDGET,
     Ack,
     Codec,

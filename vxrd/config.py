@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from schema import options as opt
-from schema.options import LOG_LEVELS, ConfigError
-from schema.validate import Address, InvalidValue, parse_vtep
-from schema.wire import MAX_HOLD_TIME
 from vxflood.commands import add_version
 from vxflood.hostport import HostPort, parse_host_port
 from vxflood.logs import parse_log_format
+from vxflood.schema import options as opt
+from vxflood.schema.options import LOG_LEVELS, ConfigError
+from vxflood.schema.validate import Address, InvalidValue, parse_vtep
+from vxflood.schema.wire import MAX_HOLD_TIME
 
 DEFAULT_SERVER_PORT = 10001
 DEFAULT_STATUS_SOCKET = "/run/vxrd/vxrd.sock"

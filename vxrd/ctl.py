@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from schema.validate import InvalidValue, parse_vni
 from vxflood.commands import (
     CTL_EXIT_CODES,
     CTL_REFUSED,
@@ -28,6 +27,7 @@ from vxflood.commands import (
     GlobalFlags,
     add_version,
 )
+from vxflood.schema.validate import InvalidValue, parse_vni
 from vxflood.tables import duration, since, table
 from vxrd.config import DEFAULT_STATUS_SOCKET
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.model import FloodChange, FloodDiff
 
 __all__ = ["FloodMirror", "drifted"]

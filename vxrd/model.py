@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 
 __all__ = [
     "Address",

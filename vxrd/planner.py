@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.answers import ServerState, counting, union_members
 from vxrd.config import Config
 from vxrd.mirror import FloodMirror, drifted

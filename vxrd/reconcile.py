@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from itertools import repeat
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.model import FloodDiff
 
 __all__ = ["desired_for", "reconcile"]

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.client import ServerClient
 from vxrd.metrics import Metrics
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from schema.validate import InvalidValue, parse_vni
+from vxflood.schema.validate import InvalidValue, parse_vni
 from vxrd import views
 from vxrd.agent import Agent
 

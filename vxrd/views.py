@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Any
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.planner import MANAGED, DeviceView
 
 if TYPE_CHECKING:

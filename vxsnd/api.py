@@ -28,8 +28,8 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schema import rest
-from schema.rest import Json, PayloadError
+from vxflood.schema import rest
+from vxflood.schema.rest import Json, PayloadError
 from vxsnd import api_backend as reg
 from vxsnd import web as status_page
 from vxsnd.api_body import http_log, read_json

@@ -21,9 +21,9 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import exc as sa_exc
 
-from schema import rest
-from schema.rest import Json
-from schema.validate import Address
+from vxflood.schema import rest
+from vxflood.schema.rest import Json
+from vxflood.schema.validate import Address
 from vxsnd import registry as st
 
 log = logging.getLogger("vxsnd.api")

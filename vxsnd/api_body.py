@@ -16,8 +16,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from schema import rest
-from schema.rest import PayloadError
+from vxflood.schema import rest
+from vxflood.schema.rest import PayloadError
 from vxsnd.openapi import Body
 
 http_log = logging.getLogger("vxsnd.api.http")  # aiohttp's protocol layer logs here

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from schema.wire import Register, VniEntry
+from vxflood.schema.wire import Register, VniEntry
 
 
 class AssemblyError(Exception):

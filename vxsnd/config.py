@@ -20,7 +20,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from schema.options import (
+from vxflood.commands import add_version
+from vxflood.hostport import HostPort, parse_host_port
+from vxflood.logs import mask_url, parse_log_format
+from vxflood.schema.options import (
     LOG_LEVELS,
     ConfigError,
     Option,
@@ -32,10 +35,7 @@ from schema.options import (
     parse_sender_id,
     parse_str,
 )
-from schema.wire import DEFAULT_BUDGET, MAX_DATAGRAM, MAX_HOLD_TIME
-from vxflood.commands import add_version
-from vxflood.hostport import HostPort, parse_host_port
-from vxflood.logs import mask_url, parse_log_format
+from vxflood.schema.wire import DEFAULT_BUDGET, MAX_DATAGRAM, MAX_HOLD_TIME
 
 DEFAULT_PORT = 10001
 DEFAULT_API_PORT = 10080

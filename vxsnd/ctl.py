@@ -31,7 +31,6 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from schema.rest import PayloadError, parse_static_file, static_vtep_json
 from vxflood.commands import (
     CTL_EXIT_CODES,
     CTL_REFUSED,
@@ -41,6 +40,7 @@ from vxflood.commands import (
     add_version,
 )
 from vxflood.hostport import format_host_port
+from vxflood.schema.rest import PayloadError, parse_static_file, static_vtep_json
 from vxflood.tables import ago, duration, table, until
 
 PROG: Final = "vxsndctl"

@@ -25,11 +25,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from schema.keys import Keyring
-from schema.wire import Codec
 from vxflood.keys import key_reloader
 from vxflood.lifecycle import Lifecycle, StartupError, TaskEnded, os_reason
 from vxflood.logs import mask_url, redact
+from vxflood.schema.keys import Keyring
+from vxflood.schema.wire import Codec
 from vxsnd import registry as store_mod
 from vxsnd.ageing import run_sweeper
 from vxsnd.config import Config

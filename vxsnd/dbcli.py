@@ -15,8 +15,8 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from migrations import alembic_config
 from vxflood.logs import mask_url
+from vxflood.migrations import alembic_config
 from vxsnd.registry import current_revision, default_db_url, head_revision, upgrade_schema
 
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schema.replay import ReplayGuard
-from schema.validate import Address
-from schema.wire import (
+from vxflood.schema.replay import ReplayGuard
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import (
     Ack,
     Codec,
     Envelope,

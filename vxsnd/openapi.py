@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from schema.rest import ERROR_SCHEMA, Json
+from vxflood.schema.rest import ERROR_SCHEMA, Json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 import msgpack
 
-from schema.keys import TAG_BYTES, Keyring
-from schema.wire import HEADER, Codec, Envelope, Membership
+from vxflood.schema.keys import TAG_BYTES, Keyring
+from vxflood.schema.wire import HEADER, Codec, Envelope, Membership
 
 _PROBE = Envelope("x", 0, 0, 0)
 

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from schema.wire import Envelope, Membership
+from vxflood.schema.wire import Envelope, Membership
 from vxrd.agent import Agent
 from vxrd.config import Config, ServerAddr
 from vxrd.kernel import Address, Kernel

@@ -30,8 +30,8 @@ import pytest
 from contrib.lab import Lab
 from contrib.lab.probe import broadcast_reaches, broadcast_receipts, unicast_works
 from contrib.lab.topology import VXLAN_PORT, Host
-from schema.wire import Codec, Envelope, Register, VniEntry
 from tests.e2e.conftest import Proc, RunInNs, wait_until
+from vxflood.schema.wire import Codec, Envelope, Register, VniEntry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports(include=["schema", "vxsnd", "vxrd", "tests.fuzz.targets"]):
+with atheris.instrument_imports(include=["vxflood", "vxsnd", "vxrd", "tests.fuzz.targets"]):
     from tests.fuzz.targets import TARGETS, FuzzTarget
 
 PAGE_KB = resource.getpagesize() // 1024

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schema import rest
-from schema.keys import KeyFileError, Keyring
-from schema.options import ConfigError
-from schema.rest import PayloadError
-from schema.validate import InvalidValue, check_node_id
-from schema.wire import (
+from tests.unit import wire_vectors
+from vxflood.schema import rest
+from vxflood.schema.keys import KeyFileError, Keyring
+from vxflood.schema.options import ConfigError
+from vxflood.schema.rest import PayloadError
+from vxflood.schema.validate import InvalidValue, check_node_id
+from vxflood.schema.wire import (
     Ack,
     Codec,
     Envelope,
@@ -33,8 +34,7 @@ from schema.wire import (
     split_membership,
     split_register,
 )
-from schema.wire import address as ip
-from tests.unit import wire_vectors
+from vxflood.schema.wire import address as ip
 from vxrd import config as vxrd_config
 from vxsnd import config as vxsnd_config
 from vxsnd.tokens import TokenFileError, Tokens
@@ -195,19 +195,19 @@ TARGETS: dict[str, FuzzTarget] = {
             "wire-to-vxsnd",
             _decode_unsigned,
             _wire_seeds((Register, Ack), False),
-            "schema.wire.Rejected",
+            "vxflood.schema.wire.Rejected",
         ),
         FuzzTarget(
             "wire-to-vxrd",
             _decode_unsigned,
             _wire_seeds((Membership,), False),
-            "schema.wire.Rejected",
+            "vxflood.schema.wire.Rejected",
         ),
         FuzzTarget(
             "wire-signed",
             _decode_signed,
             _wire_seeds((Register, Membership, Ack), True),
-            "schema.wire.Rejected",
+            "vxflood.schema.wire.Rejected",
         ),
         FuzzTarget(
             "wire-encode", _round_trip, (b"\x01" * 64, b"\x00" * 64, bytes(range(64))), "nothing"
@@ -221,25 +221,25 @@ TARGETS: dict[str, FuzzTarget] = {
                 b'{"vteps": [{"vni": 7, "address": "2001:db8::1", "description": "x"}]}',
                 b"null",
             ),
-            "schema.rest.PayloadError",
+            "vxflood.schema.rest.PayloadError",
         ),
         FuzzTarget(
             "rest-path",
             _rest_path,
             (b"100", b"16777215", b"hv-1.example.org", b"192.0.2.1", b"2001:db8::1.2.3.4"),
-            "schema.rest.PayloadError, schema.validate.InvalidValue",
+            "vxflood.schema.rest.PayloadError, vxflood.schema.validate.InvalidValue",
         ),
         FuzzTarget(
             "static-file",
             _static_file,
             (b"# static\n100 192.0.2.1 rack 4\n200 2001:db8::1\n",),
-            "schema.rest.PayloadError",
+            "vxflood.schema.rest.PayloadError",
         ),
         FuzzTarget(
             "key-file",
             _key_file,
             (f"# keys\nk1 {_HEX}\nk2 {'cd' * 40}  # old\n".encode(),),
-            "schema.keys.KeyFileError",
+            "vxflood.schema.keys.KeyFileError",
         ),
         FuzzTarget(
             "token-file",
@@ -254,7 +254,7 @@ TARGETS: dict[str, FuzzTarget] = {
                 b'listen = ["127.0.0.1:10001", "[::1]:10001"]\nmax_hold_time = 600\n'
                 b'db = "sqlite:///x.db"\nlog_level = "INFO"\nserver_id = "vxsnd1"\n',
             ),
-            "schema.options.ConfigError",
+            "vxflood.schema.options.ConfigError",
         ),
         FuzzTarget(
             "vxrd-config",
@@ -263,7 +263,7 @@ TARGETS: dict[str, FuzzTarget] = {
                 b'servers = ["10.0.0.1", "[2001:db8::1]:10001"]\nhold_time = 90\n'
                 b'node_id = "hv01"\ninclude = ["vx*"]\nlocal = "192.0.2.7"\n',
             ),
-            "schema.options.ConfigError",
+            "vxflood.schema.options.ConfigError",
         ),
     )
 }

@@ -24,9 +24,9 @@ from typing import Any, cast
 
 import msgpack
 
-from schema.keys import Keyring
-from schema.validate import Address, vtep_from_packed
-from schema.wire import (
+from vxflood.schema.keys import Keyring
+from vxflood.schema.validate import Address, vtep_from_packed
+from vxflood.schema.wire import (
     HEADER,
     Ack,
     Codec,

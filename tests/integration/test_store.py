@@ -21,8 +21,8 @@ from alembic import command
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
-from migrations import alembic_config
 from tests.conftest import POSTGRES_URL, require_postgres
+from vxflood.migrations import alembic_config
 from vxsnd import registry as st
 from vxsnd.registry import (
     Batch,

@@ -29,9 +29,9 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from schema.keys import Key, Keyring
-from schema.wire import Ack, Codec, Membership, Register, Sequencer, address
 from tests.conftest import require_root
+from vxflood.schema.keys import Key, Keyring
+from vxflood.schema.wire import Ack, Codec, Membership, Register, Sequencer, address
 from vxrd.agent import Agent
 from vxrd.cli import serve
 from vxrd.config import Config, ServerAddr

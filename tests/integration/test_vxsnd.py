@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from schema.keys import Key, Keyring
-from schema.wire import Ack, Codec, Envelope, Register, VniEntry, address
 from tests.integration.agent_sim import Agent, wait_until
 from tests.integration.apiharness import postgres_database
 from tests.integration.vxsnd_harness import make_config, running, server_addr
+from vxflood.schema.keys import Key, Keyring
+from vxflood.schema.wire import Ack, Codec, Envelope, Register, VniEntry, address
 from vxsnd import registry as store_mod
 from vxsnd.daemon import Daemon
 

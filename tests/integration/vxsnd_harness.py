@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from schema.keys import Keyring
+from vxflood.schema.keys import Keyring
 from vxsnd.config import Config, ListenAddr
 from vxsnd.daemon import Daemon
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from schema.keys import Key, Keyring
-from schema.wire import (
+from vxflood.schema.keys import Key, Keyring
+from vxflood.schema.wire import (
     Ack,
     Codec,
     Envelope,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schema.wire import (
+from vxflood.schema.wire import (
     Ack,
     Codec,
     Envelope,

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from schema.wire import address
+from vxflood.schema.wire import address
 from vxrd.links import link_event
 from vxrd.model import LinkChanged, LinkRemoved, VxlanDevice
 

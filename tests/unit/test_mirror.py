@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.mirror import FloodMirror, drifted
 from vxrd.model import FloodChange, FloodDiff
 from vxrd.reconcile import reconcile

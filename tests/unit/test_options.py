@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from schema import options as opt
-from schema.options import ConfigError, Option, OptionTable
-from schema.wire import MAX_SENDER
+from vxflood.schema import options as opt
+from vxflood.schema.options import ConfigError, Option, OptionTable
+from vxflood.schema.wire import MAX_SENDER
 
 TABLE = OptionTable(
     (

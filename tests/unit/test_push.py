@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from schema.keys import Key, Keyring
-from schema.wire import Codec, Envelope, Membership, address, split_membership
+from vxflood.schema.keys import Key, Keyring
+from vxflood.schema.wire import Codec, Envelope, Membership, address, split_membership
 from vxsnd import push
 from vxsnd.push import Backoff, InFlight, Kind, Plan
 from vxsnd.stamp import Stamped

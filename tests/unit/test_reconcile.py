@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schema.validate import Address
+from vxflood.schema.validate import Address
 from vxrd.model import FloodDiff
 from vxrd.reconcile import desired_for, reconcile
 

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from schema import rest
-from schema.rest import PayloadError
+from vxflood.schema import rest
+from vxflood.schema.rest import PayloadError
 
 
 def test_enrol_defaults_and_values() -> None:

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from schema.keys import KeyFileError, Keyring, load_key_file, readable_by_others
-from schema.replay import ReplayGuard
-from schema.validate import (
+from vxflood.schema.keys import KeyFileError, Keyring, load_key_file, readable_by_others
+from vxflood.schema.replay import ReplayGuard
+from vxflood.schema.validate import (
     NODE_ID_PATTERN,
     VTEP_TEXT_PATTERN,
     InvalidValue,

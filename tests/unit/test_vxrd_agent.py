@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from schema.validate import Address
-from schema.wire import Ack, Codec, Envelope, Membership, Register, Sequencer, address
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import Ack, Codec, Envelope, Membership, Register, Sequencer, address
 from vxrd.agent import Agent
 from vxrd.caps import has_net_admin
 from vxrd.client import ServerClient

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schema.wire import address
+from vxflood.schema.wire import address
 from vxrd.cli import main
 from vxrd.config import Config, ConfigError, ServerAddr, build_parser, load, parse_server
 

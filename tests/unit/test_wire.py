@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schema.keys import Keyring
-from schema.validate import NODE_ID_PATTERN
-from schema.wire import (
+from tests.unit import wire_vectors
+from vxflood.schema.keys import Keyring
+from vxflood.schema.validate import NODE_ID_PATTERN
+from vxflood.schema.wire import (
     DEFAULT_BUDGET,
     HEADER,
     MAGIC,
@@ -30,8 +31,7 @@ from schema.wire import (
     split_membership,
     split_register,
 )
-from schema.wire import address as ip
-from tests.unit import wire_vectors
+from vxflood.schema.wire import address as ip
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_wire.json").read_text())
 OTHER_KEYS = Keyring.parse("other " + "5a" * 32)

@@ -10,9 +10,18 @@ import json
 
 import msgpack
 
-from schema.keys import Keyring
-from schema.wire import HEADER, Ack, Codec, Envelope, Membership, Message, Register, VniEntry
-from schema.wire import address as ip
+from vxflood.schema.keys import Keyring
+from vxflood.schema.wire import (
+    HEADER,
+    Ack,
+    Codec,
+    Envelope,
+    Membership,
+    Message,
+    Register,
+    VniEntry,
+)
+from vxflood.schema.wire import address as ip
 
 KEYRING = Keyring.parse("golden-1 " + "a5" * 32)
 ENV = Envelope("host-a", 0x1122334455667788, 42, 1_764_000_000_000)

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, overload
 
-from schema.limits import DESCRIPTION_MAX, NODE_ID_MAX
-from schema.validate import check_vni, check_vtep
+from vxflood.schema.limits import DESCRIPTION_MAX, NODE_ID_MAX
+from vxflood.schema.validate import check_vni, check_vtep
 
 __all__ = [
     "Ack",

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select
 
-from schema import tables as t
+from vxflood.schema import tables as t
 from vxsnd.registry.records import (
     Change,
     Delta,

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schema.limits import ORIGIN_REGISTERED, ORIGIN_STATIC
+from vxflood.schema.limits import ORIGIN_REGISTERED, ORIGIN_STATIC
 
 __all__ = ["Delta", "Lagging", "Member", "Node", "NodeVni", "Origin", "VniSummary"]
 

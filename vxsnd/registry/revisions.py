@@ -26,8 +26,8 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, insert, inspect, select, text
 from sqlalchemy import exc as sa_exc
 
-from migrations import alembic_config
-from schema import tables as t
+from vxflood.migrations import alembic_config
+from vxflood.schema import tables as t
 from vxsnd.registry.errors import (
     RegistryMissing,
     RegistryUnreadable,

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import BindParameter, UpdateBase
 
-from schema import tables as t
+from vxflood.schema import tables as t
 
 _m, _n, _nv, _v, _c = t.members, t.nodes, t.node_vnis, t.vnis, t.changes
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from schema import tables as t
+from vxflood.schema import tables as t
 from vxsnd.registry import lookups
 from vxsnd.registry import statements as q
 from vxsnd.registry.model import (

@@ -24,7 +24,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from schema.rest import ERROR_SCHEMA, VNI_SCHEMA, Json
+from vxflood.schema.rest import ERROR_SCHEMA, VNI_SCHEMA, Json
 from vxsnd.openapi import Access, Route
 from vxsnd.registry import Store
 from vxsnd.web import handlers as h

@@ -20,8 +20,8 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from schema import rest
-from schema.rest import Json
+from vxflood.schema import rest
+from vxflood.schema.rest import Json
 from vxsnd import api_backend as reg
 from vxsnd import registry as st
 from vxsnd.web import model
