@@ -1,278 +1,45 @@
-"""The REST API of the service node (aiohttp, JSON, under /v1).
+"""The REST API of the service node (aiohttp, JSON, under /v1): the application.
 
-Runs inside vxsnd's own event loop: the daemon calls `start_api(daemon, ...)`
-and gets an `AppRunner` back to clean up on shutdown. Every endpoint is one
-`Route` in `ROUTES` (vxsnd/openapi.py), which both registers it with aiohttp
-and describes it in the OpenAPI document served at /v1/openapi.json.
-
-Reads go straight to the store. Changes (static VTEPs) go through the same
-batch path as registrations: `Backend.submit` hands the operation to the
-engine when the daemon offers that, or applies it to the store and tells the
-engine which VNIs changed, so members are pushed like after any other change.
-
-Errors are always JSON `{"error": CODE, "detail": TEXT}`. Nothing is written
-before the whole request has been validated.
+Runs inside vxsnd's own event loop: the daemon enters `api_service(...)` (or a
+test calls `start_api(daemon, ...)` and gets an `AppRunner` back to clean up).
+The endpoints and their table are in vxsnd/api_routes.py; this module holds
+what wraps them: the error and token middleware, the bind rules, start and
+token-file reload.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from vxflood.schema import rest
-from vxflood.schema.rest import Json, PayloadError
+from vxflood.schema.rest import PayloadError
 from vxsnd import api_backend as reg
 from vxsnd import web as status_page
-from vxsnd.api_body import http_log, read_json
-from vxsnd.openapi import Access, Body, Route, build_document
+from vxsnd.api_body import http_log
+from vxsnd.api_routes import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ROUTE_BY_NAME,
+    ROUTES,
+    STATE,
+    ApiState,
+    _state,
+    error_response,
+)
+from vxsnd.api_routes import (
+    ApiConfigError as ApiConfigError,
+)
+from vxsnd.openapi import Access, build_document
 from vxsnd.tokens import Role, TokenFileError, Tokens
 
 log = logging.getLogger("vxsnd.api")
-
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 10080
-
-
-class ApiConfigError(ValueError):
-    """The API cannot start as configured (message says why and what to do)."""
-
-
-@dataclass
-class ApiState:
-    backend: reg.Backend
-    tokens: Tokens | None
-    metrics: CollectorRegistry | None
-    document: Json
-
-
-STATE: Final = web.AppKey("vxsnd_api_state", ApiState)
-ROUTE_BY_NAME: Final = web.AppKey("vxsnd_api_routes", dict[str, Route])
-
-
-def _state(request: web.Request) -> ApiState:
-    return request.app[STATE]
-
-
-# --------------------------------------------------------------------- helpers
-
-
-def json_response(data: Json, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
-
-
-def error_response(status: int, error: str, detail: str) -> web.Response:
-    return json_response({"error": error, "detail": detail}, status=status)
-
-
-def _address_param(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return rest.address_from_text(request.match_info["address"])
-
-
-# -------------------------------------------------------------------- handlers
-
-
-async def list_vnis(request: web.Request) -> web.Response:
-    vnis = await _state(request).backend.vnis()
-    return json_response({"vnis": [reg.vni_summary_json(v) for v in vnis]})
-
-
-async def get_vni(request: web.Request) -> web.Response:
-    vni = rest.vni_from_path(request.match_info["vni"])
-    detail = await _state(request).backend.vni(vni)
-    if detail is None:
-        raise reg.NotFound(f"VNI {vni} has no members and never had any", "unknown-vni")
-    return json_response(reg.vni_detail_json(detail))
-
-
-async def enrol_vtep(request: web.Request) -> web.Response:
-    route = request.app[ROUTE_BY_NAME]["enrol_vtep"]
-    vni = rest.vni_from_path(request.match_info["vni"])
-    address = _address_param(request)
-    assert route.body is not None
-    enrol = rest.parse_enrol(await read_json(request, route.body))
-    vtep = rest.StaticVtep(vni, address, enrol.hold_time, enrol.description)
-    outcome = await _state(request).backend.enrol(vtep, time.time())
-    return json_response(reg.enrol_json(outcome), status=201 if outcome.created else 200)
-
-
-async def remove_vtep(request: web.Request) -> web.Response:
-    vni = rest.vni_from_path(request.match_info["vni"])
-    address = _address_param(request)
-    generation = await _state(request).backend.remove(vni, address, time.time())
-    return json_response({"vni": vni, "address": str(address), "generation": generation})
-
-
-async def replace_static(request: web.Request) -> web.Response:
-    route = request.app[ROUTE_BY_NAME]["replace_static"]
-    assert route.body is not None
-    vteps = rest.parse_replace_all(await read_json(request, route.body))
-    counts = await _state(request).backend.replace_all(vteps, time.time())
-    return json_response(counts.json())
-
-
-async def list_nodes(request: web.Request) -> web.Response:
-    nodes = await _state(request).backend.nodes()
-    return json_response({"nodes": [reg.node_summary_json(n) for n in nodes]})
-
-
-async def get_node(request: web.Request) -> web.Response:
-    node_id = rest.node_from_path(request.match_info["node"])
-    detail = await _state(request).backend.node(node_id)
-    if detail is None:
-        raise reg.NotFound(f"no agent with id {node_id!r} is registered", "unknown-node")
-    return json_response(reg.node_detail_json(detail))
-
-
-async def healthz(request: web.Request) -> web.Response:
-    health = await _state(request).backend.health()
-    if health.ok:
-        return json_response({"status": "ok"})
-    return json_response({"status": "degraded", "reason": health.reason or "unknown"}, status=503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    registry = _state(request).metrics
-    body = generate_latest(registry) if registry is not None else b""
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def openapi_document(request: web.Request) -> web.Response:
-    return json_response(_state(request).document)
-
-
-_VNI: Final = {"vni": rest.VNI_SCHEMA}
-_VTEP: Final = {"vni": rest.VNI_SCHEMA, "address": rest.ADDRESS_SCHEMA}
-
-ROUTES: Final[tuple[Route, ...]] = (
-    Route(
-        "GET",
-        "/v1/vnis",
-        list_vnis,
-        "list_vnis",
-        "Every VNI with its generation and member counts",
-        Access.READ,
-        {200: ("the VNIs", rest.VNI_LIST_SCHEMA)},
-    ),
-    Route(
-        "GET",
-        "/v1/vnis/{vni}",
-        get_vni,
-        "get_vni",
-        "One VNI: generation and every member (registered or static)",
-        Access.READ,
-        {200: ("the VNI", rest.VNI_DETAIL_SCHEMA)},
-        params=_VNI,
-    ),
-    Route(
-        "PUT",
-        "/v1/vnis/{vni}/vteps/{address}",
-        enrol_vtep,
-        "enrol_vtep",
-        "Enrol a static VTEP (for devices that run no agent), or update its hold time "
-        "and description; an address an agent registered becomes static (pinned). "
-        "Members are pushed the new flood list",
-        Access.ADMIN,
-        {
-            200: ("the static VTEP was updated", rest.ENROL_RESULT_SCHEMA),
-            201: ("the static VTEP was enrolled", rest.ENROL_RESULT_SCHEMA),
-        },
-        params=_VTEP,
-        body=Body(rest.ENROL_SCHEMA, required=False, limit=rest.BODY_MAX),
-    ),
-    Route(
-        "DELETE",
-        "/v1/vnis/{vni}/vteps/{address}",
-        remove_vtep,
-        "remove_vtep",
-        "Remove a static VTEP; members are pushed the new flood list",
-        Access.ADMIN,
-        {
-            200: ("the static VTEP was removed", rest.REMOVE_RESULT_SCHEMA),
-            409: ("the address is registered by an agent, not static", rest.ERROR_SCHEMA),
-        },
-        params=_VTEP,
-    ),
-    Route(
-        "PUT",
-        "/v1/static",
-        replace_static,
-        "replace_static",
-        "Atomically replace every static VTEP with the given list",
-        Access.ADMIN,
-        {
-            200: ("the static VTEPs were replaced", rest.REPLACE_RESULT_SCHEMA),
-            409: ("one VTEP is listed twice with different settings", rest.ERROR_SCHEMA),
-        },
-        body=Body(rest.REPLACE_ALL_SCHEMA, required=True, limit=rest.IMPORT_BODY_MAX),
-    ),
-    Route(
-        "GET",
-        "/v1/nodes",
-        list_nodes,
-        "list_nodes",
-        "Every registered agent",
-        Access.READ,
-        {200: ("the agents", rest.NODE_LIST_SCHEMA)},
-    ),
-    Route(
-        "GET",
-        "/v1/nodes/{node}",
-        get_node,
-        "get_node",
-        "One agent: address, VNIs with local address and applied generation",
-        Access.READ,
-        {200: ("the agent", rest.NODE_DETAIL_SCHEMA)},
-        params={"node": rest.NODE_ID_SCHEMA},
-    ),
-    Route(
-        "GET",
-        "/healthz",
-        healthz,
-        "healthz",
-        "200 when the registry answers, 503 otherwise",
-        Access.PUBLIC,
-        {
-            200: ("the registry answers", rest.HEALTH_SCHEMA),
-            503: ("the registry does not answer", rest.HEALTH_SCHEMA),
-        },
-        tag="service",
-    ),
-    Route(
-        "GET",
-        "/metrics",
-        metrics,
-        "metrics",
-        "Prometheus metrics (text exposition format)",
-        Access.READ,
-        {200: ("the metrics", None)},
-        tag="service",
-    ),
-    Route(
-        "GET",
-        "/v1/openapi.json",
-        openapi_document,
-        "openapi",
-        "This document",
-        Access.PUBLIC,
-        {200: ("the OpenAPI document", {"type": "object"})},
-        tag="service",
-    ),
-    *status_page.ROUTES,
-)
-
 
 # ----------------------------------------------------------------- middleware
 
