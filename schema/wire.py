@@ -14,6 +14,7 @@ each fit the datagram budget.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import secrets
 import struct
@@ -24,7 +25,7 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import msgpack
 
-from vxflood.schema.keys import TAG_BYTES, Keyring
+from vxflood.schema.keys import TAG_BYTES, Key, Keyring
 from vxflood.schema.validate import (
     NODE_ID_MAX,
     Address,
@@ -372,16 +373,17 @@ class Codec:
         if mtype not in _TYPES:
             raise Rejected("type", f"unknown message type {mtype}")
         start = HEADER.size + klen
+        key: Key | None = None
         if klen:
             if len(data) < start + TAG_BYTES:
                 raise Rejected("short", "signed datagram without room for its tag")
             end = len(data) - TAG_BYTES
             if self.keyring is not None:
                 key_id = data[HEADER.size : start]
-                ok = self.keyring.verify(key_id, data[:end], data[end:])
-                if ok is None:
+                key = self.keyring.lookup(key_id)
+                if key is None:
                     raise Rejected("unknown-key", key_id.decode("ascii", "replace"))
-                if not ok:
+                if not hmac.compare_digest(Keyring.tag(key, data[:end]), data[end:]):
                     raise Rejected("bad-tag")
         else:
             end = len(data)
@@ -407,7 +409,20 @@ class Codec:
             UnicodeDecodeError,
         ) as exc:
             raise Rejected("malformed", type(exc).__name__) from None
-        return _from_body(mtype, raw)
+        msg = _from_body(mtype, raw)
+        if key is not None and key.bound:
+            _check_binding(key, msg)
+        return msg
+
+
+def _check_binding(key: Key, msg: Message) -> None:
+    """A bound key speaks only for its node ids and VTEP prefixes (schema/keys.py)."""
+    if not key.allows_node(msg.env.sender):
+        raise Rejected("not-allowed", f"key {key.key_id} may not speak for {msg.env.sender!r}")
+    if isinstance(msg, Register):
+        for entry in msg.vnis:
+            if not key.allows_vtep(entry.local):
+                raise Rejected("not-allowed", f"key {key.key_id} may not claim {entry.local}")
 
 
 # ---------------------------------------------------------------- splitting into parts
