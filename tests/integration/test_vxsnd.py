@@ -376,3 +376,44 @@ async def test_reload_rotates_keys_and_a_bad_key_file_keeps_the_old(tmp_path: Pa
         )
         for a in (on_old, on_new, later):
             a.close()
+
+
+SN_KEY = Key("sn", bytes(range(100, 132)))
+A_SECRET, B_SECRET = bytes(range(32, 64)), bytes(range(64, 96))
+
+
+async def test_a_bound_host_key_cannot_speak_for_another_host(tmp_path: Path) -> None:
+    """Per-host keys (nodes=/vteps=): a's key can't register as b, claim b's VTEP or
+    withdraw b; each try is dropped and counted and no flood list changes."""
+    service = Keyring.parse(
+        f"sn {SN_KEY.secret.hex()}\n"
+        f"a {A_SECRET.hex()} nodes=hv-a vteps=10.0.0.1\n"
+        f"b {B_SECRET.hex()} nodes=hv-b vteps=10.0.0.2\n"
+    )
+    keys_a = Keyring([Key("a", A_SECRET), SN_KEY])
+    keys_b = Keyring([Key("b", B_SECRET), SN_KEY])
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db), keyring=service) as daemon:
+        addr = server_addr(daemon)
+        a = await Agent.create("hv-a", addr, keyring=keys_a)
+        b = await Agent.create("hv-b", addr, keyring=keys_b)
+        a.register({VNI: vtep(1)})
+        b.register({VNI: vtep(2)})
+        await wait_until(lambda: converged([a, b]), 5, "both hosts join with their own keys")
+        as_b = await Agent.create("hv-b", addr, keyring=keys_a)
+        as_b.register({VNI: vtep(9)})  # a's key, b's node id
+        thief = await Agent.create("hv-a", addr, keyring=keys_a)
+        thief.register({VNI: vtep(2)})  # a's node id, b's VTEP
+        as_b.withdraw()  # a's key withdrawing b
+        m = daemon.metrics
+        await wait_until(
+            lambda: m.value("vxsnd_rejected_datagrams_total", reason="not-allowed") >= 3,
+            5,
+            "three not-allowed drops counted",
+        )
+        assert await daemon.store.node("hv-b") is not None
+        _, members = await daemon.store.member_addresses(VNI)
+        assert members == {"10.0.0.1", "10.0.0.2"}
+        assert a.members[VNI] == {vtep(1), vtep(2)} and b.members[VNI] == {vtep(1), vtep(2)}
+        for x in (a, b, as_b, thief):
+            x.close()
