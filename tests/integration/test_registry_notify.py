@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -123,3 +124,31 @@ async def test_two_daemons_without_a_poll_push_each_others_changes() -> None:
                 await wait_until(lambda: static in agent.peers(100), 5, "B's change pushed by A")
             finally:
                 agent.close()
+
+
+def multi_host(url: str, dead_port: int) -> str:
+    """The same database as a failover URL whose first host is down (as after a
+    primary is lost): `?host=A&host=B&target_session_attrs=read-write`."""
+    u = make_url(url)
+    first = f"{u.host}:{dead_port}"
+    second = f"{u.host}:{u.port or 5432}"
+    query = {"host": [first, second], "target_session_attrs": "read-write"}
+    return u.set(host=None, port=None, query=query).render_as_string(hide_password=False)
+
+
+async def test_a_multi_host_url_skips_a_dead_host_for_writes_and_notifications() -> None:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # bound, never listening: connection refused
+        async with postgres_database() as url:
+            failover = multi_host(url, dead)
+            async with await st.Store.open(failover) as a, await st.Store.open(url) as b:
+                wakes_a, wakes_b = Wakes(), Wakes()
+                async with following(a, wakes_a), following(b, wakes_b):
+                    base_a, base_b = wakes_a.count, wakes_b.count
+                    await a.apply(join("hv-1", 100, "192.0.2.1"), 1.0)
+                    await wait_until(lambda: wakes_b.count > base_b, 5, "b woken by a")
+                    await b.apply(join("hv-2", 100, "192.0.2.2"), 2.0)
+                    await wait_until(lambda: wakes_a.count > base_a, 5, "a woken by b")
+                _, members = await a.member_addresses(100)
+                assert members == {"192.0.2.1", "192.0.2.2"}
