@@ -5,7 +5,7 @@ database gone) or its identity is lost (file removed or replaced, registry id
 changed); it is `ok` again after the next write or check that succeeds.
 `/healthz` answers 503 `degraded` with the reason while it is not, the
 `vxsnd_registry_ok` gauge reads 0, and each change is logged once: WARNING
-when it goes wrong (or the reason changes), INFO when it is back.
+when it goes wrong, INFO when it is back (a new reason meanwhile is DEBUG).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class Tracker:
             self.state = RegistryHealth(True)
 
     def failed(self, reason: str) -> None:
-        if self.state.reason != reason:
+        if self.state.ok:
             log.warning("registry %s degraded: %s", self.where, reason)
-            self.state = RegistryHealth(False, reason)
+        elif self.state.reason != reason:  # an outage goes through several reasons: one line
+            log.debug("registry %s still degraded: %s", self.where, reason)
+        self.state = RegistryHealth(False, reason)

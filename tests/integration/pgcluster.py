@@ -1,0 +1,91 @@
+"""A throwaway PostgreSQL cluster of the test's own, that a test may stop and start.
+
+The machine's shared server must never be stopped by a test; this one lives in
+a temporary directory of its own (initdb + pg_ctl from Debian's postgresql package, run
+as the `postgres` user since initdb refuses root), listens on 127.0.0.1 on a
+free port with trust auth, and is stopped and removed at the end, also when the
+test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import missing
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        missing(f"PostgreSQL server binaries ({name}) are not installed")
+    return found[-1]
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Cluster:
+    def __init__(self) -> None:
+        # not under pytest's tmp_path: pytest makes its root 0700 again whenever a
+        # session starts, which would lock the postgres user out mid-test
+        self.data = Path(tempfile.mkdtemp(prefix="vxflood-pg-"))
+        self.port = _free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        try:
+            self._user = pwd.getpwnam("postgres")
+        except KeyError:
+            missing("no postgres user to run a private PostgreSQL cluster")
+
+    def _run(self, *argv: str, timeout: float = 60) -> None:
+        def demote() -> None:
+            os.setgid(self._user.pw_gid)
+            os.setuid(self._user.pw_uid)
+
+        done = subprocess.run(
+            argv,
+            preexec_fn=demote if os.geteuid() == 0 else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()[-500:]}")
+
+    def init(self) -> None:
+        os.chown(self.data, self._user.pw_uid, self._user.pw_gid)
+        self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-N")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off"
+        log = str(self.data / "server.log")
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            cluster.stop()
+        shutil.rmtree(cluster.data, ignore_errors=True)
