@@ -78,8 +78,11 @@ class Agent:
         self.started = time.time()
         self.planner = Planner(config)
         self.serving: dict[int, Address] = {}  # vni -> local, as last registered
+        if config.node_id is None:  # vxrd.cli.serve decides it first (vxrd.identity)
+            raise ValueError("Agent needs a decided node id: see vxrd.identity.resolve")
+        node_id = config.node_id
         self.clients = [
-            self.client_class(s, config.node_id, self.codec, self.datagram) for s in config.servers
+            self.client_class(s, node_id, self.codec, self.datagram) for s in config.servers
         ]
         self._index = {id(c): i for i, c in enumerate(self.clients)}
         self.states: list[ServerState] = [c.state for c in self.clients]

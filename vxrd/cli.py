@@ -1,6 +1,8 @@
 """`vxrd` entry point: configuration, logging, and vxrd's services on the shared
 lifecycle (vxflood.lifecycle).
 
+Before any service, the node id is decided when none is configured (vxrd.identity).
+
 Services, entered in this order and exited in reverse:
 
 1. the agent: kernel sockets open, clients started, devices discovered and the
@@ -38,6 +40,7 @@ from vxflood.logs import setup_logging
 from vxflood.schema.keys import Keyring
 from vxrd.agent import Agent
 from vxrd.config import Config, ConfigError, load
+from vxrd.identity import resolve
 from vxrd.kernel import Kernel
 from vxrd.metrics import Metrics, start_http
 from vxrd.status import start_status, stop_status
@@ -128,7 +131,11 @@ async def serve(
     signals: bool = True,
     last: bool = False,
 ) -> Agent:
-    """Run the daemon until SIGTERM/SIGINT (or `stop`); return the finished agent."""
+    """Run the daemon until SIGTERM/SIGINT (or `stop`); return the finished agent.
+
+    Without a configured node id, the default one is decided first (vxrd.identity):
+    kept in the state directory, so it survives restarts."""
+    config = await resolve(config)
     metrics = Metrics()
     agent = Agent(config, kernel or Kernel(), keyring, metrics)
     life = Lifecycle("vxrd", drain_timeout=60.0, stop=agent.stop, signals=signals, last=last)

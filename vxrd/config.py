@@ -10,9 +10,8 @@ module declares vxrd's options and its address parsers.
 from __future__ import annotations
 
 import argparse
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ from vxflood.schema.wire import MAX_HOLD_TIME
 
 DEFAULT_SERVER_PORT = 10001
 DEFAULT_STATUS_SOCKET = "/run/vxrd/vxrd.sock"
+DEFAULT_STATE_DIR = "/var/lib/vxrd"
 MIN_HOLD_TIME = 3  # the refresh is hold/3 and must be at least a second
 
 __all__ = [
     "DEFAULT_SERVER_PORT",
+    "DEFAULT_STATE_DIR",
     "DEFAULT_STATUS_SOCKET",
     "LOG_LEVELS",
     "MIN_HOLD_TIME",
@@ -60,7 +61,8 @@ class Config:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     local: Address | None = None
-    node_id: str = field(default_factory=socket.gethostname)
+    node_id: str | None = None  # None: decided by vxrd.identity at start-up
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     metrics: tuple[str, int] | None = None
     reconcile_interval: float = 30.0
@@ -154,7 +156,23 @@ TABLE = opt.OptionTable(
             "VTEP address for devices without a local address",
             "none, such devices are skipped",
         ),
-        opt.Option("node_id", opt.parse_sender_id, "ID", "node id", "the hostname"),
+        opt.Option(
+            "node_id",
+            opt.parse_sender_id,
+            "ID",
+            "this host's id in the registry, unique across the fabric",
+            "the id kept in STATE_DIR/node-id, made once as HOSTNAME-<8 random hex> "
+            "(unique even where hosts share a host name: namespaces, cloned images); "
+            "if STATE_DIR is unusable, HOSTNAME-<8 hex hashed from the host name and "
+            "this host's addresses>, with a warning",
+        ),
+        opt.Option(
+            "state_dir",
+            opt.parse_path,
+            "DIR",
+            "directory where vxrd keeps its node id across restarts",
+            DEFAULT_STATE_DIR,
+        ),
         opt.Option(
             "status_socket",
             opt.parse_path,

@@ -1,15 +1,21 @@
 """Prometheus metrics of one vxrd process (its own CollectorRegistry) and the
-optional HTTP endpoint that serves them (aiohttp, GET /metrics)."""
+optional HTTP endpoint that serves them (aiohttp, GET /metrics).
+
+aiohttp is imported only when the endpoint starts: a vxrd without --metrics does
+not pay its import time and memory at start-up (issue 11)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -81,6 +87,7 @@ class Metrics:
 
 async def start_http(metrics: Metrics, host: str, port: int) -> web.AppRunner:
     """Serve GET /metrics on host:port; the caller cleans the returned runner up."""
+    from aiohttp import web  # lazy: only a vxrd with --metrics pays for aiohttp
 
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -897,7 +897,7 @@ def test_process_without_cap_net_admin_refuses_to_start(tmp_path: Path) -> None:
     argv = [
         *("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"),
         *(sys.executable, "-m", "vxrd", "--server", "127.0.0.1:9"),
-        *("--status-socket", str(tmp_path / "vxrd.sock")),
+        *("--status-socket", str(tmp_path / "vxrd.sock"), "--state-dir", str(tmp_path)),
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     assert proc.returncode == 1, proc.stderr
