@@ -61,7 +61,7 @@ def test_load_key_file_warns_when_others_can_read(
         ("", "no keys"),
         ("k1 " + "ab" * 31, "at least 32"),
         ("k1 zz" + "ab" * 32, "not hexadecimal"),
-        ("k1", "expected 'KEY_ID HEX_SECRET'"),
+        ("k1", "expected 'KEY_ID HEX_SECRET \\[nodes="),
         ("bad/id " + "ab" * 32, "key id"),
         ("k1 " + "ab" * 32 + "\nk1 " + "cd" * 32, "duplicate"),
     ],
