@@ -73,6 +73,7 @@ class Overlay:
         self.hold_time = hold_time
         self.vxsnd_args = list(vxsnd_args)
         self.db = tmp_path / "registry.db"
+        self.db_url = f"sqlite:///{self.db}"  # tests/e2e/test_pg_ha.py: PostgreSQL instead
         self.vxsnds: list[Proc | None] = [None] * servers  # None: not started, or killed
         self.vxrd: dict[Host, Proc] = {}
 
@@ -86,7 +87,7 @@ class Overlay:
             sys.executable,
             *("-m", "vxsnd"),
             *("--listen", self.endpoint(server)),
-            *("--db", f"sqlite:///{self.db}"),
+            *("--db", self.db_url),
             *("--server-id", f"{self.lab.prefix}-sn{server + 1}"),
             *("--api", f"127.0.0.1:{API_PORT + server}"),
             *self.vxsnd_args,

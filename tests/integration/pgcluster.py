@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.conftest import missing
@@ -38,7 +38,11 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """``netns``: run the server inside that network namespace (the e2e lab's service
+    namespace), listening on its loopback."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
         # not under pytest's tmp_path: pytest makes its root 0700 again whenever a
         # session starts, which would lock the postgres user out mid-test
         self.data = Path(tempfile.mkdtemp(prefix="vxflood-pg-"))
@@ -54,9 +58,13 @@ class Cluster:
             os.setgid(self._user.pw_gid)
             os.setuid(self._user.pw_uid)
 
+        preexec: Callable[[], None] | None = demote if os.geteuid() == 0 else None
+        if self.netns is not None:  # `ip netns exec` needs root: drop to postgres inside it
+            argv = ("ip", "netns", "exec", self.netns, "runuser", "-u", "postgres", "--", *argv)
+            preexec = None
         done = subprocess.run(
             argv,
-            preexec_fn=demote if os.geteuid() == 0 else None,
+            preexec_fn=preexec,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -79,8 +87,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def private_cluster() -> Iterator[Cluster]:
-    cluster = Cluster()
+def private_cluster(netns: str | None = None) -> Iterator[Cluster]:
+    cluster = Cluster(netns)
     try:
         cluster.init()
         cluster.start()
