@@ -30,11 +30,12 @@ VNI = 100
 
 @contextlib.contextmanager
 def notifications(enabled: bool) -> Iterator[None]:
-    """Without notification the daemons' listeners return at once (SQLite's way)."""
+    """Without notification the daemons' listeners never wake anyone (the poll alone,
+    SQLite's way); they wait until cancelled, as a supervised task must."""
     original = st.Store.follow_changes
 
     async def nothing(_self: st.Store, _wake: Callable[[], None]) -> None:
-        return None
+        await asyncio.Event().wait()
 
     if not enabled:
         st.Store.follow_changes = nothing  # type: ignore[method-assign,assignment]
