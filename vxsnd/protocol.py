@@ -8,10 +8,10 @@ assembly, classification), registry answers and `now`, it says what to write
 `plan` appends). vxsnd.engine drives it against a registry; the unit tests
 drive it against an in-memory one.
 
-Per node this keeps, in memory: where to push (the source address:port of its
-last register and which listening socket it came in on), the VNIs it lists,
-the generation it has applied per VNI (from registers and acks) and at most one
-unacked push per VNI (vxsnd.pushes).
+Per node it keeps, in memory (vxsnd.registrations): where to push (the source
+address:port of its last register and which listening socket it came in on),
+the VNIs it lists, the generation it has applied per VNI (from registers and
+acks); and at most one unacked push per VNI with its timer (vxsnd.pushes).
 
 Learning (issue 9, fail-static across registry loss): a core whose registry
 held no agent-learned member at start (`load`) may be serving agents whose
@@ -25,7 +25,6 @@ does not learn.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
 from vxsnd.pushes import Need, NeedDelta, NeedSnapshot, Node, Outgoing, PeerAddr, Pushes
 from vxsnd.ratelog import RateLimitedLog
+from vxsnd.registrations import Pending, Registrations, host_text
 
 log = logging.getLogger("vxsnd.engine")
 
@@ -74,22 +74,6 @@ class Settings:
         return float(min(self.hold_time, self.hold_time_max))
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """A complete register round waiting for the next batch."""
-
-    node: Node  # the node as it will be once the batch is applied
-    full: bool  # a full registration (False: a refresh that changes nothing)
-
-
-def host_text(addr: PeerAddr) -> str:
-    """Canonical text of a peer address (IPv4-mapped IPv6 as plain IPv4)."""
-    ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
 class Core:
     """One service node's protocol state (see the module doc)."""
 
@@ -104,11 +88,9 @@ class Core:
         self.seq = Sequencer(settings.server_id, clock=lambda: self._now)
         self.replay = ReplayGuard(settings.replay_window)
         self.assembler = Assembler()
-        self.nodes: dict[str, Node] = {}
-        self.vni_nodes: dict[int, set[str]] = {}
         self.pushes = Pushes(
-            self.nodes,
-            self.vni_nodes,
+            {},
+            {},
             codec,
             self.seq,
             metrics,
@@ -116,14 +98,16 @@ class Core:
             settings.retransmit,
         )
         self.pushes.registry_id = registry_id
-        self._batch = store.Batch()
-        self._pending: dict[str, _Pending] = {}
-        self._inflight_batch: dict[str, _Pending] = {}
-        self._acks_since = 0.0
+        self.regs = Registrations(metrics, self.pushes)
+        self.pushes.nodes, self.pushes.vni_nodes = self.regs.nodes, self.regs.vni_nodes
         self.watch_wanted = False  # compare the registry's generations in the next step
         self.filling_until: float | None = None  # empty at start: may learn until then
         self.lost_seen = False  # an agent came with another registry's id
         self._rlog = RateLimitedLog(log)
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self.regs.nodes
 
     @property
     def generations(self) -> dict[int, int]:
@@ -218,8 +202,7 @@ class Core:
         first, entries = done
         node_id = first.env.sender
         if first.hold_time == 0:
-            self._batch.withdraw(node_id)
-            self._pending.pop(node_id, None)
+            self.regs.withdraw(node_id)
             return
         ours = first.registry == self.registry_id
         if first.registry and not ours and self.filling_until is not None and not self.lost_seen:
@@ -230,76 +213,27 @@ class Core:
             )
             self.lost_seen = True
             self.pushes.set_identity(self.registry_id, True)
-        vnis = {e.vni: str(e.local) for e in entries}
-        applied = {e.vni: e.applied if ours else 0 for e in entries}
-        old = self._pending.get(node_id)
-        known = old.node if old is not None else self.nodes.get(node_id)
-        same = (
-            known is not None
-            and known.incarnation == first.env.incarnation
-            and known.addr == addr
-            and known.via == via
-            and known.hold_time == first.hold_time
-            and known.vnis == vnis
-            and (old is None or not old.full)
-        )
-        node = Node(node_id, first.env.incarnation, addr, via, first.hold_time, now, vnis)
-        if same and known is not None:
-            # a refresh: only the expiry moves; applied generations travel as acks
-            node.applied = dict(known.applied)
-            for vni, gen in applied.items():
-                if gen > node.applied.get(vni, 0):
-                    node.applied[vni] = gen
-                    self._batch.ack(node_id, vni, gen)
-            self._batch.refresh(node_id, hold_time=first.hold_time)
-        else:
-            node.applied = applied
-            self._batch.register(
-                store.Registration(
-                    node_id,
-                    first.env.incarnation,
-                    host_text(addr),
-                    addr[1],
-                    first.hold_time,
-                    vnis,
-                    applied,
-                )
-            )
-        self._pending[node_id] = _Pending(node, full=not same)
+        self.regs.register(first, entries, addr, via, now, ours)
 
     def _ack(self, msg: Ack, now: float) -> None:
-        node = self.nodes.get(msg.env.sender)
-        if node is None or node.incarnation != msg.env.incarnation:
-            return  # not registered here (yet): its next register brings it in
-        if msg.registry != self.registry_id:
-            return
-        for vni, gen in msg.applied:
-            self.metrics.acks.inc()
-            if vni not in node.vnis:
-                continue
-            if gen > node.applied.get(vni, 0):
-                node.applied[vni] = gen
-                if not self._batch.acks:
-                    self._acks_since = now
-                self._batch.ack(node.node_id, vni, gen)
-            self.pushes.acked(node, vni, gen, now)
+        self.regs.ack(msg, self.registry_id, now)
 
     # ------------------------------------------------------------ work and timers
 
     def has_work(self, now: float | None = None) -> bool:
         """Anything to do now? Acks alone wait up to ACK_FLUSH (they only record what
         nodes applied; pushes never wait for them to be written)."""
-        b = self._batch
+        b = self.regs.batch
         if b.node_ops or b.sweep or b.static_ops or self.pushes.dirty or self.watch_wanted:
             return True
         if not b.acks:
             return False
-        return now is None or now - self._acks_since >= ACK_FLUSH
+        return now is None or now - self.regs.acks_since >= ACK_FLUSH
 
     def next_timer(self) -> float | None:
         due = self.pushes.next_timer()
-        if self._batch.acks:
-            flush = self._acks_since + ACK_FLUSH
+        if self.regs.batch.acks:
+            flush = self.regs.acks_since + ACK_FLUSH
             due = flush if due is None else min(due, flush)
         if self.filling_until is not None and self.learning:
             due = self.filling_until if due is None else min(due, self.filling_until)
@@ -310,7 +244,7 @@ class Core:
         learning: what expires then may be what this registry never heard of."""
         if self.learning:
             return False
-        self._batch.expire()
+        self.regs.sweep()
         return True
 
     def request_watch(self) -> None:
@@ -328,85 +262,18 @@ class Core:
     def take_batch(self, now: float) -> store.Batch:
         """What to write in this step's transaction (possibly empty)."""
         self._tick(now)
-        batch, self._batch = self._batch, store.Batch()
-        self._inflight_batch, self._pending = self._pending, {}
-        return batch
+        return self.regs.take()
 
     def batch_failed(self, failed: store.Batch) -> None:
         """The write failed: keep its operations for the next batch."""
-        self.metrics.batch_errors.inc()
-        pending, self._inflight_batch = self._inflight_batch, {}
-        for node_id, op in failed.node_ops.items():
-            if node_id not in self._batch.node_ops:
-                self._batch.node_ops[node_id] = op
-                if node_id in pending:
-                    self._pending[node_id] = pending[node_id]
-        for key, gen in failed.acks.items():
-            self._batch.acks[key] = max(gen, self._batch.acks.get(key, gen))
-        self._batch.sweep = self._batch.sweep or failed.sweep
+        self.regs.failed(failed)
 
     def batch_applied(self, batch: store.Batch, result: store.BatchResult) -> None:
-        m = self.metrics
-        m.batches.inc()
-        pending = self._inflight_batch
-        for node_id, op in batch.node_ops.items():
-            if isinstance(op, store.Withdrawal):
-                m.withdrawals.inc()
-                log.info("withdraw node=%s", node_id)
-                self._drop(node_id)
-            elif node_id in pending:
-                self._adopt(pending[node_id], node_id in result.registered)
-        for node_id in sorted(result.expired):
-            m.expiries.inc()
-            log.info("expire node=%s", node_id)
-            self._drop(node_id)
-        for node_id in result.unknown:
-            # refreshed or acked, but the registry no longer has it (swept, or removed
-            # by another instance): its next register must be a full one
-            node = self.nodes.get(node_id)
-            if node is not None:
-                node.hold_time = -1
-        self.pushes.changed(result)
-        m.nodes.set(len(self.nodes))
+        self.regs.applied(batch, result)
 
     def absorb_external(self, result: store.BatchResult) -> None:
         """A batch applied outside the core (the REST API's static VTEPs): push it."""
         self.pushes.changed(result)
-
-    def _adopt(self, p: _Pending, registered: bool) -> None:
-        new = p.node
-        old = self.nodes.get(new.node_id)
-        if old is not None and old.incarnation == new.incarnation:
-            new.inflight = old.inflight
-            for vni, gen in old.applied.items():  # acks that overtook the register
-                if vni in new.vnis and gen > new.applied.get(vni, 0):
-                    new.applied[vni] = gen
-        gone = set(old.vnis) - set(new.vnis) if old is not None else set()
-        for vni in gone:
-            new.inflight.pop(vni, None)
-            self.vni_nodes.get(vni, set()).discard(new.node_id)
-        self.nodes[new.node_id] = new
-        joined = sorted(set(new.vnis) - set(old.vnis if old else ()))
-        if registered:
-            self.metrics.registrations.inc()
-            log.info("register node=%s at %s vnis=%s", new.node_id, new.addr[0], _short(joined))
-        elif p.full and (joined or gone):
-            self.metrics.registrations.inc()
-            if joined and old is not None:
-                log.info("join node=%s vnis=%s", new.node_id, _short(joined))
-            if gone:
-                log.info("leave node=%s vnis=%s", new.node_id, _short(sorted(gone)))
-        else:
-            self.metrics.refreshes.inc()
-        for vni in new.vnis:
-            self.vni_nodes.setdefault(vni, set()).add(new.node_id)
-            self.pushes.dirty.add((new.node_id, vni))  # anti-entropy: compare applied
-
-    def _drop(self, node_id: str) -> None:
-        node = self.nodes.pop(node_id, None)
-        if node is not None:
-            for vni in node.vnis:
-                self.vni_nodes.get(vni, set()).discard(node_id)
 
     # ------------------------------------------------------------ output
 
@@ -416,7 +283,7 @@ class Core:
         the registry reads that pushes put aside wait for: feed them
         (`pushes.snapshot_read` / `pushes.delta_read`) and call again."""
         self._tick(now)
-        pending, self._inflight_batch = self._inflight_batch, {}
+        pending, self.regs.applying = self.regs.applying, {}
         if pending:
             self._reply(pending, out)
         return self.pushes.plan(now, out)
@@ -425,13 +292,13 @@ class Core:
         """The datagrams of this step go out at `sent`: arm their timers."""
         self.pushes.finish(now, sent, len(out))
 
-    def _reply(self, pending: dict[str, _Pending], out: list[Outgoing]) -> None:
+    def _reply(self, pending: dict[str, Pending], out: list[Outgoing]) -> None:
         """Answer every register round applied in this step with an Ack: the registry
         id and its current generation of each VNI the node listed (from memory, no
         registry read). Tells the agent this server is alive and heard it."""
         gens = self.pushes.generations
         for node_id, p in pending.items():
-            node = self.nodes.get(node_id)
+            node = self.regs.nodes.get(node_id)
             if node is not None and node.hold_time < 0:
                 continue  # the registry lost it: no answer, so the agent retries soon
             if node is not p.node:
@@ -455,8 +322,3 @@ class Core:
                 continue
             out.append(data)
         return out
-
-
-def _short(vnis: list[int]) -> str:
-    text = ",".join(str(v) for v in sorted(vnis)[:8])
-    return text + (f",... ({len(vnis)})" if len(vnis) > 8 else "")
