@@ -15,324 +15,66 @@ each fit the datagram budget.
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import secrets
-import struct
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 import msgpack
 
+from vxflood.schema.body import from_body, to_body
 from vxflood.schema.keys import TAG_BYTES, Key, Keyring
+from vxflood.schema.messages import (
+    DEFAULT_BUDGET,
+    HEADER,
+    MAGIC,
+    MAX_DATAGRAM,
+    MAX_HOLD_TIME,
+    MAX_LIST,
+    MAX_PARTS,
+    MAX_REGISTRY_ID,
+    MAX_SENDER,
+    TYPES,
+    U64_MAX,
+    VERSION,
+    Ack,
+    Envelope,
+    Membership,
+    Message,
+    Register,
+    Rejected,
+    Sequencer,
+    VniEntry,
+    address,
+)
 from vxflood.schema.validate import (
-    NODE_ID_MAX,
     Address,
-    InvalidValue,
-    check_node_id,
-    check_vni,
-    is_node_id,
-    vtep_from_packed,
 )
 
-MAGIC = b"VF"
-VERSION = 1
-HEADER = struct.Struct("!2sBBB")
-DEFAULT_BUDGET = 1400
-MAX_DATAGRAM = 9000  # receive limit: jumbo underlays may raise the send budget to this
-MAX_PARTS = 4096
-MAX_LIST = 4096
-MAX_SENDER = NODE_ID_MAX  # sender ids are node ids (schema.validate.check_node_id)
-MAX_REGISTRY_ID = 64
-U64_MAX = 2**64 - 1
-MAX_HOLD_TIME = 65_535
-
-Message: TypeAlias = "Register | Membership | Ack"
-
-
-class Rejected(Exception):
-    """A datagram that is dropped; `reason` is a short label counted by receivers."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Who sent a datagram and when: the replay-protection fields."""
-
-    sender: str
-    incarnation: int
-    seq: int
-    time_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class VniEntry:
-    """One VNI a node serves: its local VTEP and the generation it has applied."""
-
-    vni: int
-    local: Address
-    applied: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Register:
-    """vxrd -> vxsnd: the node's full list (all parts of one round), refresh and anti-entropy."""
-
-    TYPE: ClassVar[int] = 1
-    env: Envelope
-    hold_time: int
-    registry: str  # registry id the node last heard from this server ("" if none)
-    round: int  # parts of one register share the round number
-    part: int
-    parts: int
-    vnis: tuple[VniEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    """vxsnd -> vxrd: members of a VNI at a generation, as a snapshot or a delta."""
-
-    TYPE: ClassVar[int] = 2
-    env: Envelope
-    registry: str
-    vni: int
-    generation: int
-    base: int | None  # None: snapshot (add = all members); else delta from base
-    add: tuple[Address, ...]
-    remove: tuple[Address, ...]
-    part: int = 0
-    parts: int = 1
-
-    @property
-    def is_snapshot(self) -> bool:
-        return self.base is None
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """vxrd -> vxsnd: the generations the node has applied."""
-
-    TYPE: ClassVar[int] = 3
-    env: Envelope
-    registry: str
-    applied: tuple[tuple[int, int], ...]  # (vni, generation)
-
-
-_TYPES: dict[int, type[Register | Membership | Ack]] = {}
-
-
-def _register_type(cls: type[Register] | type[Membership] | type[Ack]) -> None:
-    if cls.TYPE in _TYPES:
-        raise ValueError(f"message type {cls.TYPE} registered twice")
-    _TYPES[cls.TYPE] = cls
-
-
-for _cls in (Register, Membership, Ack):
-    _register_type(_cls)
-
-
-# ---------------------------------------------------------------- body mapping
-
-
-def _pack_addr(a: Address) -> bytes:
-    return a.packed
-
-
-def _env_body(env: Envelope) -> dict[str, Any]:
-    return {"s": env.sender, "i": env.incarnation, "q": env.seq, "t": env.time_ms}
-
-
-def _to_body(msg: Message) -> dict[str, Any]:
-    body = _env_body(msg.env)
-    if isinstance(msg, Register):
-        body.update(
-            h=msg.hold_time,
-            r=msg.registry,
-            k=msg.round,
-            p=msg.part,
-            n=msg.parts,
-            v=[[e.vni, _pack_addr(e.local), e.applied] for e in msg.vnis],
-        )
-    elif isinstance(msg, Membership):
-        body.update(r=msg.registry, x=msg.vni, g=msg.generation)
-        if msg.base is not None:
-            body["b"] = msg.base
-        body.update(
-            a=[_pack_addr(a) for a in msg.add],
-            d=[_pack_addr(a) for a in msg.remove],
-            p=msg.part,
-            n=msg.parts,
-        )
-    else:
-        body.update(r=msg.registry, v=[[vni, gen] for vni, gen in msg.applied])
-    return body
-
-
-_MISSING = object()
-
-
-class _Body:
-    """Typed access to a decoded msgpack map; every failure is a Rejected("invalid")."""
-
-    def __init__(self, raw: object) -> None:
-        if not isinstance(raw, dict):
-            raise Rejected("malformed", "body is not a map")
-        self.raw: dict[Any, Any] = raw
-
-    # Every datagram goes through these a dozen times: one dict lookup each, and
-    # exact type checks (msgpack builds exact ints, strs and lists; `type(v) is
-    # int` also refuses bool), the error path only when a check fails.
-
-    def _missing(self, key: str) -> Rejected:
-        return Rejected("invalid", f"missing field {key!r}")
-
-    def uint(self, key: str, high: int = U64_MAX) -> int:
-        value = self.raw.get(key, _MISSING)
-        if type(value) is int and 0 <= value <= high:
-            return value
-        if value is _MISSING:
-            raise self._missing(key)
-        raise Rejected("invalid", f"field {key!r} must be an integer 0..{high}")
-
-    def text(self, key: str, limit: int, allow_empty: bool = False) -> str:
-        value = self.raw.get(key, _MISSING)
-        if type(value) is str and len(value) <= limit and (value or allow_empty):
-            return value
-        if value is _MISSING:
-            raise self._missing(key)
-        raise Rejected("invalid", f"field {key!r} must be a string of 1..{limit} chars")
-
-    def items(self, key: str) -> list[Any]:
-        value = self.raw.get(key, _MISSING)
-        if type(value) is list and len(value) <= MAX_LIST:
-            return value
-        if value is _MISSING:
-            raise self._missing(key)
-        raise Rejected("invalid", f"field {key!r} must be a list of at most {MAX_LIST}")
-
-
-def _sender(value: object) -> str:
-    if type(value) is str and is_node_id(value):
-        return value
-    if value is _MISSING:
-        raise Rejected("invalid", "missing field 's'")
-    try:
-        check_node_id(value)
-    except InvalidValue as exc:
-        raise Rejected("invalid", f"sender: {exc}") from None
-    raise Rejected("invalid", "sender: not a node id")  # a str subclass; msgpack builds none
-
-
-def _vni(value: object) -> int:
-    try:
-        return check_vni(value)
-    except InvalidValue as exc:
-        raise Rejected("invalid", str(exc)) from None
-
-
-# Valid VTEP addresses decoded so far, by packed bytes. The same peers come back in
-# every push and refresh, and building and validating an ipaddress object costs
-# more than the rest of a delta's decoding; the cache also hands out one object
-# per address, which set operations downstream compare by identity first.
-_ADDR_CACHE: dict[bytes, Address] = {}
-ADDR_CACHE_MAX = 1 << 16  # addresses; cleared when full
-
-
-def _addr(value: object) -> Address:
-    if not isinstance(value, bytes):
-        raise Rejected("invalid", "address must be packed bytes")
-    hit = _ADDR_CACHE.get(value)
-    if hit is not None:
-        return hit
-    try:
-        addr = vtep_from_packed(value)
-    except InvalidValue as exc:
-        raise Rejected("invalid", str(exc)) from None
-    if len(_ADDR_CACHE) >= ADDR_CACHE_MAX:
-        _ADDR_CACHE.clear()
-    _ADDR_CACHE[value] = addr
-    return addr
-
-
-def _addresses(values: list[Any]) -> tuple[Address, ...]:
-    out = tuple(map(_addr, values))
-    # on the packed bytes (all bytes by now): one address has one packing, and
-    # hashing bytes is C code where an ipaddress hash is Python code
-    if len(set(values)) != len(values):
-        raise Rejected("invalid", "duplicate address in list")
-    return out
-
-
-def _parts(b: _Body) -> tuple[int, int]:
-    parts = b.uint("n", MAX_PARTS)
-    part = b.uint("p", MAX_PARTS)
-    if parts < 1 or part >= parts:
-        raise Rejected("invalid", f"part {part} of {parts}")
-    return part, parts
-
-
-def _from_body(mtype: int, raw: object) -> Message:
-    b = _Body(raw)
-    env = Envelope(_sender(b.raw.get("s", _MISSING)), b.uint("i"), b.uint("q"), b.uint("t"))
-    if mtype == Register.TYPE:
-        part, parts = _parts(b)
-        entries: list[VniEntry] = []
-        for item in b.items("v"):
-            if not isinstance(item, list) or len(item) != 3:
-                raise Rejected("invalid", "VNI entry must be [vni, address, generation]")
-            gen = item[2]
-            if isinstance(gen, bool) or not isinstance(gen, int) or not 0 <= gen <= U64_MAX:
-                raise Rejected("invalid", "applied generation must be an unsigned integer")
-            entries.append(VniEntry(_vni(item[0]), _addr(item[1]), gen))
-        if len({e.vni for e in entries}) != len(entries):
-            raise Rejected("invalid", "VNI listed twice")
-        return Register(
-            env,
-            b.uint("h", MAX_HOLD_TIME),
-            b.text("r", MAX_REGISTRY_ID, allow_empty=True),
-            b.uint("k"),
-            part,
-            parts,
-            tuple(entries),
-        )
-    if mtype == Membership.TYPE:
-        part, parts = _parts(b)
-        base = b.uint("b") if "b" in b.raw else None
-        gen = b.uint("g")
-        raw_add, raw_remove = b.items("a"), b.items("d")
-        add = _addresses(raw_add)
-        remove = _addresses(raw_remove)
-        if base is None and remove:
-            raise Rejected("invalid", "a snapshot carries no removals")
-        if base is not None and base >= gen:
-            raise Rejected("invalid", f"delta base {base} not below generation {gen}")
-        if raw_remove and not set(raw_add).isdisjoint(raw_remove):  # packed, as above
-            raise Rejected("invalid", "address both added and removed")
-        return Membership(
-            env,
-            b.text("r", MAX_REGISTRY_ID),
-            _vni(b.uint("x")),
-            gen,
-            base,
-            add,
-            remove,
-            part,
-            parts,
-        )
-    applied: list[tuple[int, int]] = []
-    for item in b.items("v"):
-        if not isinstance(item, list) or len(item) != 2:
-            raise Rejected("invalid", "ack entry must be [vni, generation]")
-        gen = item[1]
-        if isinstance(gen, bool) or not isinstance(gen, int) or not 0 <= gen <= U64_MAX:
-            raise Rejected("invalid", "acked generation must be an unsigned integer")
-        applied.append((_vni(item[0]), gen))
-    return Ack(env, b.text("r", MAX_REGISTRY_ID, allow_empty=True), tuple(applied))
+__all__ = [
+    "DEFAULT_BUDGET",
+    "HEADER",
+    "MAGIC",
+    "MAX_DATAGRAM",
+    "MAX_HOLD_TIME",
+    "MAX_LIST",
+    "MAX_PARTS",
+    "MAX_REGISTRY_ID",
+    "MAX_SENDER",
+    "U64_MAX",
+    "VERSION",
+    "Ack",
+    "Codec",
+    "Envelope",
+    "Membership",
+    "Message",
+    "Register",
+    "Rejected",
+    "Sequencer",
+    "VniEntry",
+    "address",
+    "split_membership",
+    "split_register",
+]
 
 
 # ---------------------------------------------------------------- codec
@@ -352,7 +94,7 @@ class Codec:
         return HEADER.size + len(self._key_id) + (TAG_BYTES if self.keyring else 0)
 
     def encode(self, msg: Message) -> bytes:
-        body = msgpack.packb(_to_body(msg), use_bin_type=True)
+        body = msgpack.packb(to_body(msg), use_bin_type=True)
         head = HEADER.pack(MAGIC, VERSION, msg.TYPE, len(self._key_id)) + self._key_id
         data: bytes = head + body
         if self.keyring is not None:
@@ -370,7 +112,7 @@ class Codec:
             raise Rejected("magic")
         if version != VERSION:
             raise Rejected("version", f"protocol version {version} (this speaks {VERSION})")
-        if mtype not in _TYPES:
+        if mtype not in TYPES:
             raise Rejected("type", f"unknown message type {mtype}")
         start = HEADER.size + klen
         key: Key | None = None
@@ -409,7 +151,7 @@ class Codec:
             UnicodeDecodeError,
         ) as exc:
             raise Rejected("malformed", type(exc).__name__) from None
-        msg = _from_body(mtype, raw)
+        msg = from_body(mtype, raw)
         if key is not None and key.bound:
             _check_binding(key, msg)
         return msg
@@ -505,33 +247,3 @@ def split_membership(
         )
         for i, chunk in enumerate(chunks)
     ]
-
-
-def address(text: str) -> Address:
-    """Shorthand used by tests and tools."""
-    return ipaddress.ip_address(text)
-
-
-class Sequencer:
-    """Stamps outgoing datagrams: this process's incarnation and the next sequence."""
-
-    def __init__(
-        self, sender: str, incarnation: int | None = None, clock: Callable[[], float] | None = None
-    ) -> None:
-        try:
-            check_node_id(sender)
-        except InvalidValue as exc:
-            raise ValueError(f"sender id: {exc}") from None
-        self.sender = sender
-        self.incarnation = secrets.randbits(63) if incarnation is None else incarnation
-        self.seq = 0
-        self._clock = clock or time.time
-
-    def next(self) -> Envelope:
-        self.seq += 1
-        return Envelope(self.sender, self.incarnation, self.seq, int(self._clock() * 1000))
-
-    def many(self) -> Iterable[Envelope]:
-        """Endless envelopes for split_*; only the ones consumed use a sequence number."""
-        while True:
-            yield self.next()

@@ -71,12 +71,6 @@ class _Assembly:
     parts: dict[int, Membership] = field(default_factory=dict)
 
 
-def _learning(msg: Membership | Ack) -> bool:
-    # the `learning` field is the vxsnd half of the contract (schema.wire); a wire
-    # module without it means a server that never learns
-    return bool(getattr(msg, "learning", False))
-
-
 class ServerState:
     """Per-server protocol state: registry id, per-VNI members and applied generations,
     when it was last heard and whether its answers count with authority."""
@@ -135,7 +129,7 @@ class ServerState:
                 out.reset = True
                 self.changed_at = now
             self._reset(msg.registry)
-        learning = _learning(msg)
+        learning = msg.learning
         if self.learning and not learning:
             out.authority = True
         self.learning = learning

@@ -1,13 +1,14 @@
-"""The protocol engine fed bytes directly (no sockets), on a real SQLite registry."""
+"""The engine (the protocol core and its async driver) fed bytes directly: no sockets,
+and an in-memory registry (tests/unit/fake_registry.py), so no file either."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.unit.fake_registry import FakeRegistry
 from vxflood.schema.wire import (
     Ack,
     Codec,
@@ -23,7 +24,6 @@ from vxsnd.assemble import Assembler, AssemblyError
 from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
-from vxsnd.registry import Store
 
 T0 = 1_700_000_000.0
 CODEC = Codec()
@@ -38,13 +38,12 @@ class Clock:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, Clock]]:
-    store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}")
+async def engine() -> AsyncIterator[tuple[Engine, Clock]]:
     clock = Clock()
-    eng = Engine(store, CODEC, Settings("srv", retransmit=Backoff(0.25, 2.0)), Metrics(), clock)
+    settings = Settings("srv", retransmit=Backoff(0.25, 2.0))
+    eng = Engine(FakeRegistry(), CODEC, settings, Metrics(), clock)
     await eng.start()
     yield eng, clock
-    await store.close()
 
 
 class Node:
@@ -115,82 +114,49 @@ async def test_join_snapshot_then_delta_after_ack(engine: tuple[Engine, Clock]) 
     assert eng.metrics.value("vxsnd_pushes_total", kind="delta") == 1
 
 
-class CountingStore:
-    """The real store, counting the reads a push may need."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.reads: list[str] = []
-        self.registry_id = store.registry_id
-
-    async def apply(self, batch: st.Batch, now: float) -> st.BatchResult:
-        return await self.store.apply(batch, now)
-
-    async def member_addresses(self, vni: int) -> tuple[int, frozenset[str]]:
-        self.reads.append("members")
-        return await self.store.member_addresses(vni)
-
-    async def delta(self, vni: int, base: int) -> st.Delta | None:
-        self.reads.append("delta")
-        return await self.store.delta(vni, base)
-
-    async def vnis(self) -> list[st.VniSummary]:
-        return await self.store.vnis()
-
-    async def nodes(self) -> list[st.Node]:
-        return await self.store.nodes()
-
-    async def generations(self, vnis: Iterable[int] | None = None) -> dict[int, int]:
-        return await self.store.generations(vnis)
-
-
-async def test_pushes_after_own_changes_need_no_registry_reads(tmp_path: Path) -> None:
+async def test_pushes_after_own_changes_need_no_registry_reads() -> None:
     """A batch's net change is the delta from the generation before and moves the member
     set on; only after another writer's change does a push read the registry."""
-    store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}")
-    try:
-        counting = CountingStore(store)
-        clock = Clock()
-        eng = Engine(counting, CODEC, Settings("srv"), Metrics(), clock)
-        await eng.start()
-        a, b, c = (Node(n, 1000 + i, clock) for i, n in enumerate("abc"))
-        feed(eng, a, a.register({100: "10.0.0.1"}), clock.now)
-        (snap,) = decoded(await eng.step(clock.now), a)
-        assert counting.reads == ["members"]  # a new VNI: nothing carried yet
-        a.registry = snap.registry
-        feed(eng, a, [a.ack(100, 1)], clock.now)
-        await eng.step(clock.now)
-        counting.reads.clear()
-        # b joins: a gets a delta, b a snapshot, neither read from the registry
-        feed(eng, b, b.register({100: "10.0.0.2"}), clock.now)
-        out = await eng.step(clock.now)
-        (to_a,) = decoded(out, a)
-        (to_b,) = decoded(out, b)
-        assert (to_a.base, to_a.generation, to_a.add) == (1, 2, (ipaddress.ip_address("10.0.0.2"),))
-        assert to_b.is_snapshot and set(to_b.add) == {
-            ipaddress.ip_address("10.0.0.1"),
-            ipaddress.ip_address("10.0.0.2"),
-        }
-        assert counting.reads == []
-        b.registry = to_b.registry
-        for n in (a, b):
-            feed(eng, n, [n.ack(100, 2)], clock.now)
-        await eng.step(clock.now)
-        # another instance writes generation 3 (c joins through it), then we write 4
-        other = st.Batch()
-        other.register(st.Registration("c", 1, "127.0.0.1", 1002, 90, {100: "10.0.0.3"}))
-        await store.apply(other, clock.now)
-        feed(eng, b, b.register({}, hold=0), clock.now)  # b leaves through us
-        out = await eng.step(clock.now)
-        (to_a,) = decoded(out, a)
-        assert to_a.generation == 4
-        assert counting.reads  # 2 -> 4 spans the other writer's change: read
-        before = {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")}
-        held = set(to_a.add) if to_a.is_snapshot else (before | set(to_a.add)) - set(to_a.remove)
-        assert held == {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.3")}
-        assert c.addr == ("127.0.0.1", 1002)
-    finally:
-        await store.close()
+    counting = FakeRegistry()
+    clock = Clock()
+    eng = Engine(counting, CODEC, Settings("srv"), Metrics(), clock)
+    await eng.start()
+    a, b, c = (Node(n, 1000 + i, clock) for i, n in enumerate("abc"))
+    feed(eng, a, a.register({100: "10.0.0.1"}), clock.now)
+    (snap,) = decoded(await eng.step(clock.now), a)
+    assert counting.reads == ["members 100"]  # a new VNI: nothing carried yet
+    a.registry = snap.registry
+    feed(eng, a, [a.ack(100, 1)], clock.now)
+    await eng.step(clock.now)
+    counting.reads.clear()
+    # b joins: a gets a delta, b a snapshot, neither read from the registry
+    feed(eng, b, b.register({100: "10.0.0.2"}), clock.now)
+    out = await eng.step(clock.now)
+    (to_a,) = decoded(out, a)
+    (to_b,) = decoded(out, b)
+    assert (to_a.base, to_a.generation, to_a.add) == (1, 2, (ipaddress.ip_address("10.0.0.2"),))
+    assert to_b.is_snapshot and set(to_b.add) == {
+        ipaddress.ip_address("10.0.0.1"),
+        ipaddress.ip_address("10.0.0.2"),
+    }
+    assert counting.reads == []
+    b.registry = to_b.registry
+    for n in (a, b):
+        feed(eng, n, [n.ack(100, 2)], clock.now)
+    await eng.step(clock.now)
+    # another instance writes generation 3 (c joins through it), then we write 4
+    other = st.Batch()
+    other.register(st.Registration("c", 1, "127.0.0.1", 1002, 90, {100: "10.0.0.3"}))
+    counting.apply_now(other, clock.now)
+    feed(eng, b, b.register({}, hold=0), clock.now)  # b leaves through us
+    out = await eng.step(clock.now)
+    (to_a,) = decoded(out, a)
+    assert to_a.generation == 4
+    assert counting.reads  # 2 -> 4 spans the other writer's change: read
+    before = {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")}
+    held = set(to_a.add) if to_a.is_snapshot else (before | set(to_a.add)) - set(to_a.remove)
+    assert held == {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.3")}
+    assert c.addr == ("127.0.0.1", 1002)
 
 
 async def test_multi_part_round_and_refresh_bumps_nothing(engine: tuple[Engine, Clock]) -> None:
@@ -297,3 +263,33 @@ def test_assembler_orders_bounds_and_checks() -> None:
     assert len(asm) == 1
     with pytest.raises(AssemblyError):
         asm.add(_reg("e", 1, 1, 2, 2, hold=30), 10.1)  # parts disagree
+
+
+class FlakyReads(FakeRegistry):
+    """A registry whose member reads fail while `broken` is set."""
+
+    broken = False
+
+    async def member_addresses(self, vni: int) -> tuple[int, frozenset[str]]:
+        if self.broken:
+            raise OSError("registry read failed (fake)")
+        return await super().member_addresses(vni)
+
+
+async def test_a_failed_read_keeps_the_push_for_the_next_step() -> None:
+    """The driver sends what needed no read (the register reply) and the push that
+    waited for the failed read goes in the next step."""
+    reg = FlakyReads()
+    clock = Clock()
+    eng = Engine(reg, CODEC, Settings("srv"), Metrics(), clock)
+    await eng.start()
+    a = Node("a", 1001, clock)
+    reg.register_now("c", {100: "10.0.0.3"}, clock.now)  # written elsewhere: not carried
+    reg.broken = True
+    feed(eng, a, a.register({100: "10.0.0.1"}), clock.now)
+    out = await eng.step(clock.now)
+    assert decoded(out, a) == [] and len(replies(out, a)) == 1
+    assert eng.has_work()  # the push is still to do
+    reg.broken = False
+    (snap,) = decoded(await eng.step(clock.now), a)
+    assert set(snap.add) == {ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.3")}

@@ -54,6 +54,12 @@ VECTORS: dict[str, tuple[Message, bool]] = {
         False,
     ),
     "ack-signed": (Ack(ENV, "9f2c", ((100, 13), (200, 1))), True),
+    # the learning flag (key "l"): only present when set
+    "membership-delta-learning": (
+        Membership(SERVER_ENV, "9f2c", 100, 14, 13, (ip("198.18.0.5"),), (), learning=True),
+        False,
+    ),
+    "ack-reply-learning": (Ack(SERVER_ENV, "9f2c", ((100, 14),), learning=True), False),
 }
 
 

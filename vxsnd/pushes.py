@@ -1,0 +1,393 @@
+"""Pushes: who gets which membership datagram, when it is resent, what it is encoded as.
+
+No I/O and no clock. This module holds the push state of the service node:
+the current generation of every VNI, one `InFlight` per (node, VNI) (on the
+node), the retransmit timer heap, the round-trip estimate and the encode
+caches (snapshots per generation, deltas per (base, generation), the member
+sets and net changes our own batches carried forward). The rules it applies
+are the pure functions of vxsnd.push.
+
+Planning never waits for the registry: a push whose bytes need a registry
+read (a snapshot of members this process has not seen, a delta that spans
+another writer's change) is put aside and `plan` returns what to read
+(`NeedSnapshot`, `NeedDelta`). The driver reads, feeds the answers back
+(`snapshot_read`, `delta_read`) and calls `plan` again, which then sends the
+pushes put aside; `finish(sent)` arms their retransmit timers from the time
+they actually go out.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from vxflood.schema.validate import Address
+from vxflood.schema.wire import Codec, Envelope, Membership, Sequencer, split_membership
+from vxsnd import push
+from vxsnd import registry as store
+from vxsnd.metrics import Metrics
+from vxsnd.push import Backoff, InFlight, Plan
+from vxsnd.stamp import Stamped
+
+BURST_ALLOWANCE = 0.0001  # extra ack wait per datagram sent in the same step
+CACHE_MAX = 65536  # encoded deltas / carried changes kept before the cache is cleared
+
+PeerAddr = tuple[str, int]  # (host, port) as given by the socket (v6 may carry more)
+Outgoing = tuple[bytes, PeerAddr, int]  # datagram, destination, listening socket index
+
+
+@dataclass(slots=True)
+class Node:
+    """What this daemon knows of one registered agent (from its last register)."""
+
+    node_id: str
+    incarnation: int
+    addr: PeerAddr  # where pushes go: the source of the last register
+    via: int  # which listening socket it came in on
+    hold_time: int
+    last_refresh: float
+    vnis: dict[int, str] = field(default_factory=dict)  # vni -> local VTEP (canonical)
+    applied: dict[int, int] = field(default_factory=dict)
+    inflight: dict[int, InFlight] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NeedSnapshot:
+    """Read the members of `vni` (`Registry.member_addresses`), then `snapshot_read`."""
+
+    vni: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeedDelta:
+    """Read the change of `vni` since `base` (`Registry.delta`), then `delta_read`."""
+
+    vni: int
+    base: int
+    generation: int  # the generation the push is planned at
+
+
+Need = NeedSnapshot | NeedDelta
+
+
+def addresses(texts: Iterable[str]) -> list[Address]:
+    """Registry text addresses as wire addresses, IPv4 first, in address order."""
+    addrs = [ipaddress.ip_address(a) for a in texts]
+    return sorted(addrs, key=lambda a: (a.version, int(a)))
+
+
+class Pushes:
+    """The push rules applied to the nodes of one protocol core (see the module doc)."""
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Node],
+        vni_nodes: Mapping[int, set[str]],
+        codec: Codec,
+        seq: Sequencer,
+        metrics: Metrics,
+        budget: int,
+        backoff: Backoff,
+    ) -> None:
+        self.nodes = nodes
+        self.vni_nodes = vni_nodes
+        self.codec = codec
+        self.seq = seq
+        self.metrics = metrics
+        self.budget = budget
+        self.backoff = backoff
+        self.registry_id = ""
+        self.learning = False
+        self.generations: dict[int, int] = {}
+        self.member_count: dict[int, int] = {}
+        self.rtt = push.RttEstimator()
+        self.dirty: set[tuple[str, int]] = set()
+        self._timers: list[tuple[float, str, int]] = []  # (due, node, vni) heap
+        self._snap: dict[int, tuple[int, list[Stamped]]] = {}
+        # members per VNI at a generation, carried forward by our own batches so that
+        # a snapshot after a change needs no registry read
+        self._members: dict[int, tuple[int, frozenset[str]]] = {}
+        self._fresh: dict[int, tuple[int, frozenset[str]]] = {}  # read in this step
+        self._delta: dict[tuple[int, int, int], list[Stamped] | None] = {}
+        # (vni, generation) -> what our own batch changed: the delta from the generation
+        # before, encoded only if a push needs it
+        self._changes: dict[tuple[int, int], store.VniChange] = {}
+        self._started: list[tuple[str, int, InFlight]] = []
+        self._deferred: list[tuple[str, int, bool]] = []  # (node, vni, retransmit)
+        self._planned = False  # the dirty set and the due timers were taken this step
+        self._pushes = {k: metrics.pushes.labels(kind=k) for k in ("delta", "snapshot")}
+
+    # ------------------------------------------------------------ state
+
+    def forget_encoded(self) -> None:
+        """Drop every encoded push: keys, registry id or learning flag changed."""
+        self._snap.clear()
+        self._delta.clear()
+
+    def set_identity(self, registry_id: str, learning: bool) -> None:
+        if (registry_id, learning) != (self.registry_id, self.learning):
+            self.registry_id, self.learning = registry_id, learning
+            self.forget_encoded()
+
+    def load(self, vnis: Iterable[store.VniSummary]) -> None:
+        """Generations and member counts as the registry holds them (at start)."""
+        for v in vnis:
+            self.generations[v.vni] = v.generation
+            self.member_count[v.vni] = v.members
+            self.metrics.set_members(v.vni, v.members)
+        self._vni_gauge()
+
+    def _vni_gauge(self) -> None:
+        self.metrics.vnis.set(sum(1 for c in self.member_count.values() if c))
+
+    def changed(self, result: store.BatchResult) -> None:
+        """A batch moved VNIs on: remember the change, push it to their nodes."""
+        for vni, change in result.changed.items():
+            if change.generation <= self.generations.get(vni, 0):
+                continue
+            self.generations[vni] = change.generation
+            self._snap.pop(vni, None)
+            count = self.member_count.get(vni, 0) + len(change.added) - len(change.removed)
+            self.member_count[vni] = max(count, 0)
+            self.metrics.set_members(vni, self.member_count[vni])
+            self._carry_forward(change)
+            for node_id in self.vni_nodes.get(vni, ()):
+                self.dirty.add((node_id, vni))
+        self._vni_gauge()
+        if len(self._delta) > CACHE_MAX:
+            self._delta.clear()
+        if len(self._changes) > CACHE_MAX:
+            self._changes.clear()
+
+    def _carry_forward(self, change: store.VniChange) -> None:
+        """What our own batch changed is exactly the delta from the generation before
+        (each batch bumps a VNI once), and moves the member set on: agents one
+        generation behind (all of them, normally) get their push without a registry
+        read. The member set only moves on from the generation before; after a gap
+        (another instance wrote in between) the next snapshot reads the registry."""
+        vni, gen = change.vni, change.generation
+        prev = self._members.pop(vni, None)
+        if prev is not None and prev[0] == gen - 1:
+            self._members[vni] = (gen, (prev[1] - change.removed) | change.added)
+        if gen > 1:
+            self._changes[(vni, gen)] = change
+
+    def watched(self, current: Mapping[int, int]) -> int:
+        """The registry's generations as read by the watch: every VNI that moved
+        without this instance writing it is planned like a change of our own.
+        Returns how many moved."""
+        moved = 0
+        for vni, gen in current.items():
+            if gen <= self.generations.get(vni, 0):
+                continue
+            moved += 1
+            self.generations[vni] = gen
+            for node_id in self.vni_nodes.get(vni, ()):
+                self.dirty.add((node_id, vni))
+        return moved
+
+    def acked(self, node: Node, vni: int, gen: int, now: float) -> bool:
+        """The node acked `gen` of `vni` (already recorded in node.applied): settle its
+        in-flight push. True when it needs another push right away."""
+        inflight = node.inflight.get(vni)
+        if inflight is not None and inflight.acked_by(gen):
+            self.metrics.push_ack_latency.observe(max(0.0, now - inflight.first_sent))
+            if inflight.attempt == 0:
+                self.rtt.sample(max(0.0, now - inflight.sent))
+            del node.inflight[vni]
+        elif inflight is not None and inflight.stranded_by(gen):
+            del node.inflight[vni]  # re-planned from the acked generation below
+        if push.follow_up(node.inflight.get(vni), gen, self.generations.get(vni, 0)):
+            self.dirty.add((node.node_id, vni))
+            return True
+        return False
+
+    def next_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    # ------------------------------------------------------------ planning
+
+    def plan(self, now: float, out: list[Outgoing]) -> list[Need]:
+        """Append the pushes and retransmits due at `now` to `out`; return the reads
+        that pushes put aside wait for (call again after feeding them)."""
+        needs: dict[Need, None] = {}
+        if not self._planned:
+            self._planned = True
+            self._plan_dirty(now, out, needs)
+            self._plan_timers(now, out, needs)
+        else:
+            deferred, self._deferred = self._deferred, []
+            for node_id, vni, retransmit in deferred:
+                node = self.nodes.get(node_id)
+                if node is not None and vni in node.vnis:
+                    self._push(node, vni, now, out, retransmit, needs)
+        return list(needs)
+
+    def finish(self, now: float, sent: float, out_count: int) -> None:
+        """End the step: arm the timers of the pushes planned at `now` and sent at
+        `sent`. A burst takes the receivers a while to work through: every push of
+        the step gets that much longer before its ack counts as missing."""
+        for node_id, vni, _ in self._deferred:
+            self.dirty.add((node_id, vni))  # a read failed: try again next step
+        self._deferred = []
+        shift = max(0.0, sent - now)
+        allowance = out_count * BURST_ALLOWANCE
+        for node_id, vni, inflight in self._started:
+            inflight.sent += shift
+            if inflight.attempt == 0:
+                inflight.first_sent += shift
+            inflight.due += shift + allowance
+            heapq.heappush(self._timers, (inflight.due, node_id, vni))
+        self._started = []
+        self._fresh.clear()
+        self._planned = False
+
+    def _plan_dirty(self, now: float, out: list[Outgoing], needs: dict[Need, None]) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for node_id, vni in sorted(dirty, key=lambda d: d[1]):
+            node = self.nodes.get(node_id)
+            if node is None or vni not in node.vnis:
+                continue
+            if not push.may_push(node.inflight.get(vni), now):
+                continue  # one push in flight: its ack or retransmit timer follows up
+            self._push(node, vni, now, out, False, needs)
+
+    def _plan_timers(self, now: float, out: list[Outgoing], needs: dict[Need, None]) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            due, node_id, vni = heapq.heappop(self._timers)
+            node = self.nodes.get(node_id)
+            inflight = node.inflight.get(vni) if node is not None else None
+            if node is None or inflight is None or inflight.due != due:
+                continue  # acked, re-planned or gone
+            if vni not in node.vnis:
+                node.inflight.pop(vni, None)
+                continue
+            self._push(node, vni, now, out, True, needs)
+
+    def _push(
+        self,
+        node: Node,
+        vni: int,
+        now: float,
+        out: list[Outgoing],
+        retransmit: bool,
+        needs: dict[Need, None],
+    ) -> None:
+        inflight = node.inflight.get(vni)
+        gen = self.generations.get(vni, 0)
+        attempt = inflight.attempt + 1 if inflight is not None else 0
+        plan = push.plan(vni, node.applied.get(vni, 0), gen, log_floor=0, attempt=attempt)
+        if plan is None:
+            node.inflight.pop(vni, None)
+            return
+        parts = self._parts(plan)
+        if not isinstance(parts, list):
+            needs[parts] = None
+            self._deferred.append((node.node_id, vni, retransmit))
+            return
+        if not parts:
+            return
+        if retransmit:
+            self.metrics.retransmits.inc()
+        kind = "snapshot" if parts[0].message.base is None else "delta"
+        for part in parts:
+            out.append((part.stamp(self.seq.next()), node.addr, node.via))
+        self._pushes[kind].inc()
+        self.metrics.datagrams_sent.inc(len(parts))
+        rto = self.rtt.rto()
+        if inflight is None:
+            inflight = node.inflight[vni] = InFlight.start(plan.generation, now, self.backoff, rto)
+        else:
+            inflight.resent(plan.generation, now, self.backoff, rto)
+        inflight.base = parts[0].message.base
+        self._started.append((node.node_id, vni, inflight))
+
+    def _parts(self, plan: Plan) -> list[Stamped] | Need:
+        """The encoded parts for a plan (snapshots and deltas are cached per
+        generation), or the read they wait for."""
+        if plan.base is not None:
+            key = (plan.vni, plan.base, plan.generation)
+            if key not in self._delta:
+                own = (
+                    self._changes.pop((plan.vni, plan.generation), None)
+                    if plan.base == plan.generation - 1
+                    else None
+                )
+                if own is None:
+                    return NeedDelta(plan.vni, plan.base, plan.generation)
+                self._delta[key] = self._delta_parts(
+                    plan.vni, plan.base, plan.generation, own.added, own.removed
+                )
+            cached = self._delta[key]
+            if cached is not None:
+                return cached
+        snap = self._snap.get(plan.vni)
+        if snap is not None and snap[0] == plan.generation:
+            return snap[1]
+        known = self._members.get(plan.vni)
+        if known is None or known[0] != plan.generation:
+            known = self._fresh.get(plan.vni)
+            if known is None:
+                return NeedSnapshot(plan.vni)
+        gen, members = known
+        snap = (gen, self._encode(plan.vni, gen, None, addresses(members), ()))
+        self._snap[plan.vni] = snap
+        self.member_count[plan.vni] = len(members)
+        self.metrics.set_members(plan.vni, len(members))
+        if gen != plan.generation:  # the registry moved on (another instance wrote)
+            self.generations[plan.vni] = max(gen, self.generations.get(plan.vni, 0))
+        return snap[1]
+
+    # ------------------------------------------------------------ registry answers
+
+    def snapshot_read(self, vni: int, generation: int, members: frozenset[str]) -> None:
+        """The answer to a NeedSnapshot: the members of `vni` at `generation`."""
+        self._members[vni] = self._fresh[vni] = (generation, members)
+
+    def delta_read(self, need: NeedDelta, delta: store.Delta | None) -> None:
+        """The answer to a NeedDelta (None: the change log does not reach `base`)."""
+        key = (need.vni, need.base, need.generation)
+        if delta is None or delta.generation != need.generation:
+            self._delta[key] = None  # a snapshot then
+        else:
+            self._delta[key] = self._delta_parts(
+                need.vni, need.base, need.generation, delta.added, delta.removed
+            )
+
+    # ------------------------------------------------------------ encoding
+
+    def _delta_parts(
+        self, vni: int, base: int, gen: int, added: Iterable[str], removed: Iterable[str]
+    ) -> list[Stamped] | None:
+        """Encoded delta parts, or None when a snapshot is the better push."""
+        add = addresses(added)
+        remove = addresses(removed)
+        members = self.member_count.get(vni)
+        if members is not None and not push.delta_worth_it(len(add) + len(remove), members):
+            return None
+        return self._encode(vni, gen, base, add, remove)
+
+    def _encode(
+        self,
+        vni: int,
+        gen: int,
+        base: int | None,
+        add: Iterable[Address],
+        remove: Iterable[Address],
+    ) -> list[Stamped]:
+        probe = Envelope(self.seq.sender, 0, 0, 0)
+        template = Membership(
+            probe,
+            self.registry_id,
+            vni,
+            gen,
+            base,
+            tuple(add),
+            tuple(remove),
+            learning=self.learning,
+        )
+        envs = (probe for _ in iter(int, 1))
+        parts = split_membership(self.codec, template, envs, self.budget)
+        return [Stamped(self.codec, p) for p in parts]
