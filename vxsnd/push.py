@@ -24,17 +24,10 @@ The rules:
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_RETRANSMIT_INITIAL = 0.25
 DEFAULT_RETRANSMIT_MAX = 30.0
-
-
-class Kind(enum.Enum):
-    DELTA = "delta"
-    SNAPSHOT = "snapshot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +37,6 @@ class Plan:
     vni: int
     generation: int
     base: int | None
-
-    @property
-    def kind(self) -> Kind:
-        return Kind.SNAPSHOT if self.base is None else Kind.DELTA
-
-
-def effective_applied(applied: int, node_registry: str, registry_id: str) -> int:
-    """The node's applied generation as this registry sees it."""
-    return applied if node_registry == registry_id else 0
-
-
-def behind(
-    generations: Mapping[int, int], applied: Mapping[int, int], vnis: Iterable[int]
-) -> list[int]:
-    """The VNIs among `vnis` where the node's applied generation is below the registry's."""
-    return [
-        vni for vni in vnis if (gen := generations.get(vni, 0)) > 0 and applied.get(vni, 0) < gen
-    ]
 
 
 def plan(
@@ -176,23 +151,6 @@ def follow_up(inflight: InFlight | None, acked: int, current: int) -> bool:
 def may_push(inflight: InFlight | None, now: float) -> bool:
     """A new push may go now unless one is in flight and not yet due for retransmit."""
     return inflight is None or inflight.due <= now
-
-
-# ---------------------------------------------------------------- expiry
-
-
-def expires_at(last_refresh: float, hold_time: float) -> float:
-    return last_refresh + hold_time
-
-
-def is_expired(last_refresh: float, hold_time: float, now: float) -> bool:
-    """Hold time 0 never reaches here (it withdraws at once)."""
-    return now >= expires_at(last_refresh, hold_time)
-
-
-def expired(nodes: Mapping[str, tuple[float, float]], now: float) -> list[str]:
-    """Node ids whose (last_refresh, hold_time) have run out at `now`, sorted."""
-    return sorted(n for n, (last, hold) in nodes.items() if is_expired(last, hold, now))
 
 
 def check_hold_time(requested: int, maximum: int) -> str | None:

@@ -9,21 +9,8 @@ import pytest
 from vxflood.schema.keys import Key, Keyring
 from vxflood.schema.wire import Codec, Envelope, Membership, address, split_membership
 from vxsnd import push
-from vxsnd.push import Backoff, InFlight, Kind, Plan
+from vxsnd.push import Backoff, InFlight, Plan
 from vxsnd.stamp import Stamped
-
-
-def test_effective_applied_resets_on_foreign_registry() -> None:
-    assert push.effective_applied(7, "reg-a", "reg-a") == 7
-    assert push.effective_applied(7, "reg-old", "reg-a") == 0
-    assert push.effective_applied(7, "", "reg-a") == 0
-
-
-def test_behind_lists_only_vnis_below_registry_generation() -> None:
-    gens = {100: 5, 200: 3, 300: 0}
-    applied = {100: 5, 200: 1}
-    assert push.behind(gens, applied, [100, 200, 300, 400]) == [200]
-    assert push.behind(gens, {}, [100]) == [100]
 
 
 def test_plan_up_to_date_needs_nothing() -> None:
@@ -34,13 +21,13 @@ def test_plan_up_to_date_needs_nothing() -> None:
 def test_plan_new_node_gets_snapshot() -> None:
     p = push.plan(100, applied=0, generation=5, log_floor=0)
     assert p == Plan(100, 5, None)
-    assert p.kind is Kind.SNAPSHOT
+    assert p.base is None
 
 
 def test_plan_delta_when_log_reaches_back() -> None:
     p = push.plan(100, applied=3, generation=5, log_floor=2)
     assert p == Plan(100, 5, 3)
-    assert p is not None and p.kind is Kind.DELTA
+    assert p is not None and p.base is not None
 
 
 def test_plan_snapshot_when_log_too_short_or_absent() -> None:
@@ -95,15 +82,6 @@ def test_follow_up_after_ack() -> None:
     assert push.follow_up(f, acked=4, current=6)  # acked the push, VNI moved on
     assert not push.follow_up(f, acked=3, current=6)  # an old ack: push still in flight
     assert push.follow_up(None, acked=3, current=6)
-
-
-def test_expiry_decisions() -> None:
-    assert not push.is_expired(100.0, 30.0, 129.9)
-    assert push.is_expired(100.0, 30.0, 130.0)
-    nodes = {"b": (100.0, 10.0), "a": (100.0, 5.0), "c": (200.0, 5.0)}
-    assert push.expired(nodes, 105.0) == ["a"]
-    assert push.expired(nodes, 110.0) == ["a", "b"]
-    assert push.expired(nodes, 1000.0) == ["a", "b", "c"]
 
 
 def test_check_hold_time() -> None:
