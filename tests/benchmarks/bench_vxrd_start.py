@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.integration.netns import vxlan_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -82,18 +83,8 @@ def imports(repeat: int, before_tree: Path | None) -> dict[str, tuple[float, flo
 
 @contextmanager
 def namespace() -> Iterator[str]:
-    name = f"vxbs{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            "link set lo up",
-            "link add vx100 type vxlan id 100 local 127.0.0.1 dstport 4789 nolearning",
-            "link set vx100 up",
-        ):
-            subprocess.run(["ip", "-n", name, *cmd.split()], check=True)
+    with vxlan_namespace("vxbs") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def answers(path: Path) -> bool:

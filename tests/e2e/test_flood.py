@@ -118,12 +118,16 @@ class Overlay:
     def socket_path(self, host: Host) -> Path:
         return self.tmp_path / f"{host.name}.sock"
 
+    def identity_args(self, host: Host) -> list[str]:
+        """How vxrd on ``host`` gets its node id (tests/e2e/test_identity.py: none given)."""
+        return ["--node-id", host.name]
+
     def start_vxrd(self, host: Host, wait: bool = True) -> Proc:
         argv = [
             sys.executable,
             *("-m", "vxrd"),
             *(arg for i in range(len(self.vxsnds)) for arg in ("--server", self.endpoint(i))),
-            *("--node-id", host.name),
+            *self.identity_args(host),
             *("--status-socket", str(self.socket_path(host))),
             *("--hold-time", str(self.hold_time)),
         ]

@@ -8,13 +8,12 @@ own state directory under tmp_path, as a fresh install on a cloned image would b
 from __future__ import annotations
 
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from contrib.lab.topology import Host
-from tests.e2e.conftest import Proc, RunInNs
+from tests.e2e.conftest import RunInNs
 from tests.e2e.test_flood import MakeLab, Overlay, assert_floods, wait_mesh
 from vxrd.identity import NODE_ID_FILE, host_prefix
 
@@ -27,20 +26,8 @@ class DefaultIdOverlay(Overlay):
     def state_dir(self, host: Host) -> Path:
         return self.tmp_path / "state" / host.name
 
-    def start_vxrd(self, host: Host, wait: bool = True) -> Proc:
-        argv = [
-            sys.executable,
-            *("-m", "vxrd"),
-            *(arg for i in range(len(self.vxsnds)) for arg in ("--server", self.endpoint(i))),
-            *("--state-dir", str(self.state_dir(host))),
-            *("--status-socket", str(self.socket_path(host))),
-            *("--hold-time", str(self.hold_time)),
-        ]
-        proc = self.run_in_ns(host.name, argv, name=f"vxrd-{host.name}")
-        self.vxrd[host] = proc
-        if wait:
-            self.wait_answers(host)
-        return proc
+    def identity_args(self, host: Host) -> list[str]:
+        return ["--state-dir", str(self.state_dir(host))]
 
 
 def test_five_hosts_sharing_a_host_name_without_node_id_reach_a_full_mesh(

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
+from tests.integration.netns import vxlan_namespace
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
     require_root()
-    name = f"vxdp{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            "link set lo up",
-            "link add vx100 type vxlan id 100 local 127.0.0.1 dstport 4789 nolearning",
-            "link set vx100 up",
-        ):
-            subprocess.run(["ip", "-n", name, *cmd.split()], check=True)
+    with vxlan_namespace("vxdp") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 async def test_ready_after_the_first_dump_with_journal_priorities(ns: str, tmp_path: Path) -> None:

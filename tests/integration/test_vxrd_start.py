@@ -10,7 +10,6 @@ would see aiohttp if it were there.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
+from tests.integration.netns import vxlan_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,18 +58,8 @@ asyncio.run(main())
 @pytest.fixture
 def ns() -> Iterator[str]:
     require_root()
-    name = f"vxst{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            "link set lo up",
-            "link add vx100 type vxlan id 100 local 127.0.0.1 dstport 4789 nolearning",
-            "link set vx100 up",
-        ):
-            subprocess.run(["ip", "-n", name, *cmd.split()], check=True)
+    with vxlan_namespace("vxst") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def start_and_report(ns: str, tmp_path: Path, *args: str) -> dict[str, object]:
