@@ -202,7 +202,14 @@ class Core:
         first, entries = done
         node_id = first.env.sender
         if first.hold_time == 0:
-            self.regs.withdraw(node_id)
+            owner = self.regs.known(node_id)
+            if owner is not None and owner.incarnation != first.env.incarnation:
+                raise Rejected(
+                    "not-owner",
+                    f"withdrawal of {node_id} by incarnation {first.env.incarnation:x}, "
+                    f"registered by {owner.incarnation:x}",
+                )
+            self.regs.withdraw(node_id, first.env.incarnation)  # the registry checks it too
             return
         ours = first.registry == self.registry_id
         if first.registry and not ours and self.filling_until is not None and not self.lost_seen:

@@ -55,8 +55,13 @@ class Registrations:
     def batch(self) -> store.Batch:
         return self._batch
 
-    def withdraw(self, node_id: str) -> None:
-        self._batch.withdraw(node_id)
+    def known(self, node_id: str) -> Node | None:
+        """The node as last registered here (a round waiting for the batch included)."""
+        pending = self._pending.get(node_id)
+        return pending.node if pending is not None else self.nodes.get(node_id)
+
+    def withdraw(self, node_id: str, incarnation: int | None = None) -> None:
+        self._batch.withdraw(node_id, incarnation)
         self._pending.pop(node_id, None)
 
     def sweep(self) -> None:
@@ -152,7 +157,11 @@ class Registrations:
         m.batches.inc()
         pending = self.applying
         for node_id, op in batch.node_ops.items():
-            if isinstance(op, store.Withdrawal):
+            if isinstance(op, store.Withdrawal) and node_id in result.not_owner:
+                # registered by another incarnation (another vxsnd's, or since a restart)
+                m.rejected.labels(reason="not-owner").inc()
+                log.warning("withdrawal of %s refused: not its registered incarnation", node_id)
+            elif isinstance(op, store.Withdrawal):
                 m.withdrawals.inc()
                 log.info("withdraw node=%s", node_id)
                 self._drop(node_id)

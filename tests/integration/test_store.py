@@ -325,6 +325,21 @@ async def test_expiry_sweep_and_hold_time_zero(store: Store) -> None:
     assert summary == {100: (3, 0), 200: (2, 0), 300: (2, 0)}
 
 
+async def test_a_withdrawal_is_the_registered_incarnations_alone(store: Store) -> None:
+    await apply_regs(store, 0.0, reg("a", {100: "10.0.0.1"}, incarnation=5))
+    batch = Batch()
+    batch.withdraw("a", incarnation=6)  # another process claiming a's id
+    batch.withdraw("ghost", incarnation=1)  # not registered: nothing to refuse or remove
+    result = await store.apply(batch, 1.0)
+    assert result.not_owner == {"a"} and result.withdrawn == frozenset()
+    assert result.changed == {} and await addresses(store, 100) == {"10.0.0.1"}
+    batch = Batch()
+    batch.withdraw("a", incarnation=5)
+    result = await store.apply(batch, 2.0)
+    assert result.withdrawn == {"a"} and result.not_owner == frozenset()
+    assert await addresses(store, 100) == set()
+
+
 async def test_last_registration_wins_and_hands_over(store: Store) -> None:
     await apply_regs(store, 0.0, reg("a", {100: "10.0.0.9"}))
     assert await apply_regs(store, 1.0, reg("b", {100: "10.0.0.9"})) == {}

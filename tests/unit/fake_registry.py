@@ -57,9 +57,13 @@ class FakeRegistry:
         registered: set[str] = set()
         withdrawn: set[str] = set()
         unknown: set[str] = set()
+        not_owner: set[str] = set()
         for node_id, op in batch.node_ops.items():
             if isinstance(op, store.Withdrawal):
-                if self.regs.pop(node_id, None) is not None:
+                held = self.regs.get(node_id)
+                if held is not None and op.incarnation not in (None, held.reg.incarnation):
+                    not_owner.add(node_id)  # the real writer's rule: the owner's alone
+                elif self.regs.pop(node_id, None) is not None:
                     withdrawn.add(node_id)
             elif isinstance(op, store.Registration):
                 old = self.regs.get(node_id)
@@ -91,6 +95,7 @@ class FakeRegistry:
             frozenset(expired),
             frozenset(unknown),
             frozenset(),
+            frozenset(not_owner),
         )
 
     def _bump(self, before: dict[int, frozenset[str]]) -> dict[int, store.VniChange]:

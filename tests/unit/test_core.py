@@ -163,6 +163,40 @@ def test_withdraw_pushes_the_removal_to_the_others() -> None:
     assert (to_a.is_snapshot and to_a.add == (ip("10.0.0.1"),)) or to_a.remove == (ip("10.0.0.2"),)
 
 
+def test_only_the_registered_incarnation_may_withdraw() -> None:
+    """Issue 10: a hold-time-0 register from another incarnation of b's id (a forger
+    with the fleet key, a replay from b's last life) withdraws nobody."""
+    core, reg = make()
+    a, b = Agent("a", 1001), Agent("b", 1002)
+    joined(core, reg, (a, {100: "10.0.0.1"}), (b, {100: "10.0.0.2"}))
+    impostor = Agent("b", 1003)
+    impostor.seq = Sequencer("b", incarnation=8, clock=lambda: T0)
+    impostor.send(core, impostor.register({}, hold=0))
+    out = step(core, reg, T0)
+    assert "b" in core.nodes and "b" in reg.regs and pushes(out, a) == []
+    assert core.metrics.value("vxsnd_rejected_datagrams_total", reason="not-owner") == 1
+    assert core.metrics.value("vxsnd_withdrawals_total") == 0
+
+
+def test_after_a_restart_the_registry_refuses_a_withdrawal_by_another_incarnation() -> None:
+    """A fresh core knows no nodes yet: the registry's incarnation decides."""
+    _, reg = make()
+    first, _ = make(reg)
+    b = Agent("b", 1002)
+    joined(first, reg, (b, {100: "10.0.0.2"}))
+    restarted, _ = make(reg)  # same registry, empty memory
+    impostor = Agent("b", 1003)
+    impostor.seq = Sequencer("b", incarnation=8, clock=lambda: T0)
+    impostor.send(restarted, impostor.register({}, hold=0))
+    step(restarted, reg, T0)
+    assert "b" in reg.regs
+    assert restarted.metrics.value("vxsnd_rejected_datagrams_total", reason="not-owner") == 1
+    b.send(restarted, b.register({}, hold=0))  # the owner itself may
+    step(restarted, reg, T0)
+    assert "b" not in reg.regs
+    assert restarted.metrics.value("vxsnd_withdrawals_total") == 1
+
+
 def test_unacked_push_is_retransmitted_with_back_off_then_as_a_snapshot() -> None:
     core, reg = make()
     a, b = Agent("a", 1001), Agent("b", 1002)

@@ -125,9 +125,11 @@ class Refresh:
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
-    """The node leaves: its node row, claims and members go."""
+    """The node leaves: its node row, claims and members go. With `incarnation`, only
+    if that incarnation is the one registered (a withdrawal is the owner's alone)."""
 
     node_id: str
+    incarnation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +198,8 @@ class Batch:
         if not isinstance(self.node_ops.get(node_id), Registration | Withdrawal):
             self.node_ops[_node_id(node_id)] = Refresh(node_id, _hold(hold_time))
 
-    def withdraw(self, node_id: str) -> None:
-        self.node_ops[_node_id(node_id)] = Withdrawal(node_id)
+    def withdraw(self, node_id: str, incarnation: int | None = None) -> None:
+        self.node_ops[_node_id(node_id)] = Withdrawal(node_id, incarnation)
 
     def ack(self, node_id: str, vni: int, generation: int) -> None:
         key = (_node_id(node_id), check_vni(vni))
@@ -238,6 +240,7 @@ class BatchResult:
     expired: frozenset[str]  # nodes removed by the sweep
     unknown: frozenset[str]  # refreshed or acked node ids that are not registered
     missing_static: frozenset[Key]  # remove_static for entries that are not static members
+    not_owner: frozenset[str] = frozenset()  # withdrawals by another incarnation: refused
 
     @property
     def generations(self) -> dict[int, int]:

@@ -120,6 +120,14 @@ def _bump(w: Writer, log_depth: int) -> dict[int, VniChange]:
     return result
 
 
+def _not_owner(conn: Connection, leaving: Mapping[str, int | None]) -> set[str]:
+    """Withdrawals whose incarnation is not the registered one (another process of the
+    node, or anyone replaying or forging its id): they change nothing."""
+    bound = [n for n, inc in leaving.items() if inc is not None]
+    known = lookups.existing_nodes(conn, bound)
+    return {n for n, (incarnation, _) in known.items() if incarnation != leaving[n]}
+
+
 def apply_batch(
     conn: Connection,
     batch: Batch,
@@ -136,16 +144,17 @@ def apply_batch(
     w = Writer(conn, now)
     write_static(w, batch)
     regs: dict[str, Registration] = {}
-    leaving: set[str] = set()
+    leaving: dict[str, int | None] = {}  # node id -> the incarnation that must own it
     refreshes: list[Refresh] = []
     for node_id, op in batch.node_ops.items():
         if isinstance(op, Withdrawal) or (isinstance(op, Registration) and op.hold_time <= 0):
-            leaving.add(node_id)
+            leaving[node_id] = op.incarnation
         elif isinstance(op, Registration):
             regs[node_id] = op
         else:
             refreshes.append(op)
-    w.withdrawn = w.remove_nodes(leaving)
+    not_owner = _not_owner(conn, leaving)
+    w.withdrawn = w.remove_nodes(set(leaving) - not_owner)
     register(w, regs)
     _refresh(w, refreshes)
     _acks(w, batch.acks)
@@ -158,5 +167,6 @@ def apply_batch(
         withdrawn=frozenset(w.withdrawn),
         expired=frozenset(w.expired),
         unknown=frozenset(w.unknown),
+        not_owner=frozenset(not_owner),
         missing_static=frozenset(w.missing_static),
     )
