@@ -163,3 +163,15 @@ node_vnis = Table(
     Column("applied_generation", BigInteger, nullable=False),
     Index(None, "vni", "local_address"),
 )
+
+# The vxsnd instances serving this registry: each writes its row at start and
+# every heartbeat, so the status page can list the others (and when each was heard).
+service_nodes = Table(
+    "service_nodes",
+    metadata,
+    Column("server_id", String(NODE_ID_MAX), primary_key=True),
+    Column("endpoints", String(255), nullable=False),  # its UDP listen addresses
+    Column("version", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)

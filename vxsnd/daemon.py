@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from vxflood.commands import version
 from vxflood.keys import key_reloader
 from vxflood.lifecycle import Lifecycle, StartupError, TaskEnded, os_reason
 from vxflood.logs import mask_url, redact
@@ -37,7 +38,7 @@ from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
 from vxsnd.server import Server
-from vxsnd.watch import run_watch
+from vxsnd.watch import run_heartbeat, run_watch
 
 log = logging.getLogger("vxsnd")
 
@@ -64,6 +65,7 @@ class Daemon:
         # on a bad file, which leaves what it had in force
         self.reloaders = self.life.reloaders
         self.started = self.life.ready
+        self.started_at = time.time()  # what the service_nodes row says
         self._store: store_mod.Store | None = None
         self._engine: Engine | None = None
         self._server: Server | None = None
@@ -175,7 +177,12 @@ class Daemon:
             life.spawn(run_watch(self.engine, self.cfg.registry_poll), "vxsnd-watch")
         if self.store.notifies:
             life.spawn(self.store.follow_changes(self.engine.request_watch), "vxsnd-notify")
+        life.spawn(run_heartbeat(self.store, self._presence), "vxsnd-heartbeat")
         yield
+
+    def _presence(self, now: float) -> store_mod.ServiceNode:
+        endpoints = ", ".join(str(a) for a in self.cfg.listen)
+        return store_mod.ServiceNode(self.cfg.server_id, endpoints, version(), self.started_at, now)
 
 
 def _bind(

@@ -136,3 +136,37 @@ async def test_rejected_datagrams_by_reason(tmp_path: Path) -> None:
         finally:
             agent.close()
             await runner.cleanup()
+
+
+async def test_the_service_nodes_sharing_a_registry_are_listed(tmp_path: Path) -> None:
+    """Two vxsnd on one registry: each writes its heartbeat row; the overview lists
+    both, up, and marks which one serves the page. A row whose last heartbeat is old
+    shows as down."""
+    url = sqlite_url(tmp_path)
+    async with (
+        running(make_config(url, server_id="sn-a")) as a,
+        running(make_config(url, server_id="sn-b")) as b,
+    ):
+        await wait_until(lambda: a.store.presence_id == "sn-a", 5, "a's first heartbeat")
+        await wait_until(lambda: b.store.presence_id == "sn-b", 5, "b's first heartbeat")
+        old = time.time() - 3600
+        await a.store.heartbeat(st.ServiceNode("sn-gone", "[::]:10001", "0.0", old, old))
+        await a.store.heartbeat(
+            st.ServiceNode("sn-a", "127.0.0.1:0", "test", time.time(), time.time())
+        )
+        rows = await a.store.service_nodes()
+        assert [r.server_id for r in rows] == ["sn-a", "sn-b", "sn-gone"]
+        runner = await api.start_api(a, "127.0.0.1", 0, None)
+        try:
+            base = f"http://127.0.0.1:{api.bound_port(runner)}"
+            async with aiohttp.ClientSession() as http:
+                _, _, data = await get(http, f"{base}/ui/live")
+            table = data["html"]["service-nodes"]
+            rows_html = table.split("<tr>")[2:]  # after the header
+            assert len(rows_html) == 3
+            assert "sn-a" in rows_html[0] and "(this one)" in rows_html[0]
+            assert "badge ok" in rows_html[0] and "badge ok" in rows_html[1]
+            assert "sn-gone" in rows_html[2] and "badge down" in rows_html[2]
+            assert table.count("(this one)") == 1
+        finally:
+            await runner.cleanup()

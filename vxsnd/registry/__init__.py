@@ -44,6 +44,7 @@ from vxsnd.registry.model import (
     expiry,
     is_expired,
 )
+from vxsnd.registry.presence import ServiceNode
 from vxsnd.registry.records import (
     Change,
     Delta,
@@ -84,6 +85,7 @@ __all__ = [
     "SchemaError",
     "SchemaOutdated",
     "SchemaUnknown",
+    "ServiceNode",
     "StaticVtep",
     "Store",
     "VniChange",

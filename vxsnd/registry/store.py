@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from vxsnd.registry import notify, reads
+from vxsnd.registry import notify, presence, reads
 from vxsnd.registry.errors import (
     RegistryError,
     RegistryLost,
@@ -43,6 +43,7 @@ from vxsnd.registry.health import (
     describe,
 )
 from vxsnd.registry.model import Batch, BatchResult
+from vxsnd.registry.presence import ServiceNode
 from vxsnd.registry.records import Change, Delta, Lagging, Member, Node, NodeVni, VniSummary
 from vxsnd.registry.revisions import ensure_registry_id, prepare, read_registry_id
 from vxsnd.registry.runner import (
@@ -180,6 +181,7 @@ class Store:
         self.identity_epoch = 0  # +1 each time the registry changed identity under us
         self._write_failed = False
         self._token = secrets.token_hex(8)  # names this store's own change notifications
+        self.presence_id: str | None = None  # the service_nodes row this store writes
 
     @classmethod
     async def open(
@@ -382,3 +384,13 @@ class Store:
     async def health(self) -> bool:
         """True when the registry answers and is still the one this store opened."""
         return (await self.check()).ok
+
+    # ---- service nodes (vxsnd.registry.presence)
+
+    async def heartbeat(self, me: ServiceNode) -> None:
+        """Write this instance's service_nodes row (`presence_id` says which is ours)."""
+        self.presence_id = me.server_id
+        await self._db.write(presence.heartbeat, me)
+
+    async def service_nodes(self) -> list[ServiceNode]:
+        return await self._db.read(presence.service_nodes)

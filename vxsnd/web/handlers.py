@@ -186,7 +186,20 @@ def _overview_parts(
         "agent-table": _macro(env, "agent_table", view, model.AGENT_COLUMNS, now, NODE_VNIS_SHOWN),
         "rejected": _macro(env, "rejected", rejected, since, now),
         "registry": _macro(env, "registry", _registry_info(state.store, snap), now),
+        "service-nodes": _macro(env, "service_nodes", _service_nodes(state, snap), now),
     }
+
+
+def _service_nodes(state: PageState, snap: model.Snapshot) -> list[dict[str, object]]:
+    me = state.store.presence_id
+    return [
+        {
+            "node": n,
+            "me": n.server_id == me,
+            "up": model.service_node_up(n, snap.taken_at),
+        }
+        for n in snap.service_nodes
+    ]
 
 
 def _registry_info(store: st.Store, snap: model.Snapshot) -> dict[str, object]:

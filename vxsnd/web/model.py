@@ -32,6 +32,15 @@ class Snapshot:
     memberships: Sequence[st.NodeVni]
     static: Sequence[st.Member]
     healthy: bool = True
+    service_nodes: Sequence[st.ServiceNode] = ()
+
+
+SERVICE_NODE_SILENT = 3 * 10.0  # three missed heartbeats (vxsnd.watch.HEARTBEAT)
+
+
+def service_node_up(node: st.ServiceNode, now: float) -> bool:
+    """Heard within three heartbeats: it is serving the registry now."""
+    return now - node.last_seen < SERVICE_NODE_SILENT
 
 
 def node_expiring(node: st.Node, now: float) -> bool:
@@ -358,6 +367,7 @@ def patch(
         memberships=memberships,
         static=static_members,
         healthy=snap.healthy,
+        service_nodes=snap.service_nodes,
     )
 
 

@@ -98,11 +98,12 @@ async def read_snapshot(store: st.Store, now: float) -> Snapshot:
         memberships=await store.memberships(),
         static=await store.static_members(),
         healthy=healthy,
+        service_nodes=await store.service_nodes(),
     )
 
 
 def _content(snap: Snapshot) -> tuple[object, ...]:
-    return (snap.vnis, snap.nodes, snap.memberships, snap.static, snap.healthy)
+    return (snap.vnis, snap.nodes, snap.memberships, snap.static, snap.healthy, snap.service_nodes)
 
 
 class Monitor:
