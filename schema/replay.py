@@ -86,6 +86,17 @@ class ReplayGuard:
         win.accepted = now
         return None
 
+    def remember(self, sender: str, incarnation: int, seq: int, time_ms: int, now: float) -> None:
+        """Take up what an earlier process accepted (kept in the registry): every
+        sequence number up to `seq` of this incarnation counts as seen, and a datagram
+        far behind it is a replay unless stamped after `time_ms`."""
+        if seq <= 0:
+            return
+        key = (sender, incarnation)
+        if key not in self._windows:
+            self._prune(now)
+            self._add(key, _Window(seq, time_ms, _MASK, now))
+
     def _add(self, key: tuple[str, int], win: _Window) -> None:
         sender, incarnation = key
         known = self._incarnations.setdefault(sender, [])

@@ -101,6 +101,11 @@ nodes = Table(
     Column("last_seen", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("registered_at", Float, nullable=False),
+    # The envelope of the last register round accepted from this incarnation
+    # (sequence number, sender's timestamp in ms): a restarted vxsnd refuses a
+    # replay of anything earlier (schema.replay.ReplayGuard.remember).
+    Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_sent_ms", BigInteger, nullable=False, server_default=text("0")),
     Index(None, "expires_at"),
 )
 

@@ -145,8 +145,12 @@ class Core:
         lists without the others."""
         batch = store.Batch()
         for n in nodes:
+            # what this incarnation sent before the restart stays refused (issue 10)
+            self.replay.remember(n.node_id, n.incarnation, n.last_seq, n.last_sent_ms, now)
             if n.expires_at < now + n.hold_time:
-                batch.refresh(n.node_id, hold_time=n.hold_time)
+                batch.refresh(
+                    n.node_id, hold_time=n.hold_time, seq=n.last_seq, sent_ms=n.last_sent_ms
+                )
         return batch
 
     def load(self, vnis: list[store.VniSummary], now: float) -> None:

@@ -100,7 +100,9 @@ class Registrations:
                 if gen > node.applied.get(vni, 0):
                     node.applied[vni] = gen
                     self._batch.ack(node_id, vni, gen)
-            self._batch.refresh(node_id, hold_time=first.hold_time)
+            self._batch.refresh(
+                node_id, hold_time=first.hold_time, seq=first.env.seq, sent_ms=first.env.time_ms
+            )
         else:
             node.applied = applied
             self._batch.register(
@@ -112,6 +114,8 @@ class Registrations:
                     first.hold_time,
                     vnis,
                     applied,
+                    first.env.seq,
+                    first.env.time_ms,
                 )
             )
         self._pending[node_id] = Pending(node, full=not same)

@@ -13,6 +13,7 @@ import os
 import random
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -338,6 +339,23 @@ async def test_a_withdrawal_is_the_registered_incarnations_alone(store: Store) -
     result = await store.apply(batch, 2.0)
     assert result.withdrawn == {"a"} and result.not_owner == frozenset()
     assert await addresses(store, 100) == set()
+
+
+async def test_each_node_keeps_its_last_register_envelope(store: Store) -> None:
+    """The replay marks a restarted vxsnd seeds its guard with (issue 10), through the
+    register path, the refresh path (PostgreSQL's array UPDATE too) and clamped to
+    BIGINT whatever a datagram said."""
+    batch = Batch()
+    batch.register(replace(reg("a", {100: "10.0.0.1"}), seq=41, sent_ms=1_700_000_000_123))
+    batch.register(replace(reg("b", {100: "10.0.0.2"}), seq=2**64 - 1, sent_ms=5))
+    await store.apply(batch, 1.0)
+    marks = {n.node_id: (n.last_seq, n.last_sent_ms) for n in await store.nodes()}
+    assert marks == {"a": (41, 1_700_000_000_123), "b": (2**63 - 1, 5)}
+    batch = Batch()
+    batch.refresh("a", hold_time=30.0, seq=44, sent_ms=1_700_000_030_000)
+    await store.apply(batch, 2.0)
+    node = await store.node("a")
+    assert node is not None and (node.last_seq, node.last_sent_ms) == (44, 1_700_000_030_000)
 
 
 async def test_last_registration_wins_and_hands_over(store: Store) -> None:

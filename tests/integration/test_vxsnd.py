@@ -417,3 +417,35 @@ async def test_a_bound_host_key_cannot_speak_for_another_host(tmp_path: Path) ->
         assert a.members[VNI] == {vtep(1), vtep(2)} and b.members[VNI] == {vtep(1), vtep(2)}
         for x in (a, b, as_b, thief):
             x.close()
+
+
+async def test_a_register_captured_before_a_restart_changes_nothing_after_it(
+    db: str,
+) -> None:
+    """Issue 10: the replay marks are in the registry, so a restarted vxsnd refuses a
+    datagram its previous process accepted (within the timestamp window)."""
+    async with running(make_config(db)) as daemon:
+        a = await Agent.create("hv-a", server_addr(daemon))
+        a.register({VNI: vtep(1)})
+        await wait_until(lambda: a.members.get(VNI) == {vtep(1)}, 5, "a joins at .1")
+        a.round += 1
+        round_ = Register(a.seq.next(), 90, "", a.round, 0, 1, (VniEntry(VNI, vtep(9)),))
+        captured = a.codec.encode(round_)
+        a.send(captured)  # a moves to .9 ...
+        await wait_until(lambda: a.members.get(VNI) == {vtep(9)}, 5, "a moves to .9")
+        a.register({VNI: vtep(1)})  # ... and back to .1
+        await wait_until(lambda: a.members.get(VNI) == {vtep(1)}, 5, "a back at .1")
+        a.close()
+    async with running(make_config(db)) as daemon:
+        b = await Agent.create("hv-b", server_addr(daemon))
+        assert b.transport is not None
+        b.transport.sendto(captured, server_addr(daemon))  # the replay, from anywhere
+        m = daemon.metrics
+        await wait_until(
+            lambda: m.value("vxsnd_rejected_datagrams_total", reason="replay") == 1,
+            5,
+            "the replay refused by the restarted vxsnd",
+        )
+        _, members = await daemon.store.member_addresses(VNI)
+        assert members == {"10.0.0.1"}
+        b.close()

@@ -24,6 +24,7 @@ class _Reg:
     registered_at: float
     last_seen: float
     applied: dict[int, int] = field(default_factory=dict)
+    marks: tuple[int, int] = (0, 0)  # (last_seq, last_sent_ms), as the real nodes row
 
 
 class FakeRegistry:
@@ -70,10 +71,14 @@ class FakeRegistry:
                 if old is None or old.reg.incarnation != op.incarnation:
                     registered.add(node_id)
                 since = now if old is None or node_id in registered else old.registered_at
-                self.regs[node_id] = _Reg(op, now + op.hold_time, since, now, dict(op.applied))
+                marks = (op.seq, op.sent_ms)
+                self.regs[node_id] = _Reg(
+                    op, now + op.hold_time, since, now, dict(op.applied), marks
+                )
             elif node_id in self.regs:
                 r = self.regs[node_id]
                 r.expires_at, r.last_seen = now + op.hold_time, now
+                r.marks = (op.seq, op.sent_ms)
             else:
                 unknown.add(node_id)
         for (node_id, vni), gen in batch.acks.items():
@@ -154,6 +159,7 @@ class FakeRegistry:
                 r.last_seen,
                 r.expires_at,
                 r.registered_at,
+                *r.marks,
             )
             for n, r in sorted(self.regs.items())
         ]

@@ -197,6 +197,29 @@ def test_after_a_restart_the_registry_refuses_a_withdrawal_by_another_incarnatio
     assert restarted.metrics.value("vxsnd_withdrawals_total") == 1
 
 
+def test_a_register_captured_before_a_restart_is_refused_after_it() -> None:
+    """Issue 10: the replay marks live in the registry, so a restarted core refuses the
+    very datagrams the previous one accepted; the agent's next round is accepted."""
+    _, reg = make()
+    first, _ = make(reg)
+    b = Agent("b", 1002)
+    b.send(first, b.register({100: "10.0.0.2"}))
+    step(first, reg, T0)
+    captured = b.register({100: "10.0.0.9"})  # b moves to .9 ...
+    b.send(first, captured)
+    step(first, reg, T0)
+    b.send(first, b.register({100: "10.0.0.2"}))  # ... and back
+    step(first, reg, T0)
+    restarted, _ = make(reg)  # same registry, fresh memory
+    b.send(restarted, captured)
+    step(restarted, reg, T0)
+    assert reg.regs["b"].reg.vnis == {100: "10.0.0.2"}
+    assert restarted.metrics.value("vxsnd_rejected_datagrams_total", reason="replay") == 1
+    b.send(restarted, b.register({100: "10.0.0.2"}))
+    step(restarted, reg, T0)
+    assert restarted.metrics.value("vxsnd_rejected_datagrams_total", reason="replay") == 1
+
+
 def test_unacked_push_is_retransmitted_with_back_off_then_as_a_snapshot() -> None:
     core, reg = make()
     a, b = Agent("a", 1001), Agent("b", 1002)

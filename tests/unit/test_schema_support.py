@@ -93,6 +93,23 @@ def test_replay_guard_window() -> None:
     assert guard.check("a", 1, 501, ms + 31_000, now) == "stale"
 
 
+def test_replay_guard_remembers_what_an_earlier_process_accepted() -> None:
+    """Seeded from the registry after a restart: nothing up to the stored sequence
+    number of that incarnation passes again; what the sender sends next does."""
+    now = 1_000_000.0
+    ms = int(now * 1000)
+    g = ReplayGuard(window_seconds=60)
+    g.remember("hv-1", 7, 500, ms - 1000, now)
+    for seq in (500, 499, 437, 1, 300):  # inside and far behind the window
+        assert g.check("hv-1", 7, seq, ms - 2000, now) == "replay", seq
+    assert g.check("hv-1", 7, 501, ms, now) is None
+    assert g.check("hv-1", 8, 3, ms, now) is None  # a new incarnation starts afresh
+    g.remember("hv-2", 1, 0, 0, now)  # nothing stored (an old registry row): no window
+    assert g.check("hv-2", 1, 1, ms, now) is None
+    g.remember("hv-1", 7, 10_000, ms, now)  # a window already live is not moved back
+    assert g.check("hv-1", 7, 502, ms, now) is None
+
+
 def test_replay_guard_forgets_old_and_bounds_memory() -> None:
     guard = ReplayGuard(window_seconds=10, max_senders=100)
     for i in range(1000):

@@ -40,6 +40,12 @@ _MAX_INCARNATION: Final = 2**63 - 1
 Key = tuple[int, str]  # (VNI, canonical VTEP address)
 
 
+def replay_mark(value: int) -> int:
+    """A sequence number or timestamp as the registry keeps it: BIGINT (a forged u64
+    must not make the write fail; clamping only makes the guard stricter)."""
+    return min(max(int(value), 0), _MAX_INCARNATION)
+
+
 @overload
 def expiry(now: float, hold_time: float) -> float: ...
 @overload
@@ -96,6 +102,8 @@ class Registration:
     hold_time: float
     vnis: Mapping[int, str]
     applied: Mapping[int, int] = field(default_factory=dict)
+    seq: int = 0  # the round's envelope (replay marks kept with the node)
+    sent_ms: int = 0
 
     def canonical(self) -> Registration:
         """Validated copy with canonical addresses (raises ValueError)."""
@@ -111,6 +119,8 @@ class Registration:
             hold_time=_hold(self.hold_time),
             vnis={check_vni(v): _vtep(a) for v, a in self.vnis.items()},
             applied={check_vni(v): int(g) for v, g in self.applied.items()},
+            seq=replay_mark(self.seq),
+            sent_ms=replay_mark(self.sent_ms),
         )
 
 
@@ -121,6 +131,8 @@ class Refresh:
 
     node_id: str
     hold_time: float
+    seq: int = 0  # the round's envelope, as in Registration
+    sent_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +205,12 @@ class Batch:
         reg = registration.canonical()
         self.node_ops[reg.node_id] = reg
 
-    def refresh(self, node_id: str, *, hold_time: float) -> None:
+    def refresh(self, node_id: str, *, hold_time: float, seq: int = 0, sent_ms: int = 0) -> None:
         """Extend the node's expiry by `hold_time` from the transaction's `now`."""
         if not isinstance(self.node_ops.get(node_id), Registration | Withdrawal):
-            self.node_ops[_node_id(node_id)] = Refresh(node_id, _hold(hold_time))
+            self.node_ops[_node_id(node_id)] = Refresh(
+                node_id, _hold(hold_time), replay_mark(seq), replay_mark(sent_ms)
+            )
 
     def withdraw(self, node_id: str, incarnation: int | None = None) -> None:
         self.node_ops[_node_id(node_id)] = Withdrawal(node_id, incarnation)

@@ -197,6 +197,8 @@ def _write_nodes(
                     "last_seen": w.now,
                     "expires_at": exp,
                     "registered_at": w.now,
+                    "last_seq": r.seq,
+                    "last_sent_ms": r.sent_ms,
                 }
             )
             continue
@@ -214,6 +216,8 @@ def _write_nodes(
                 "b_now": w.now,
                 "b_exp": exp,
                 "b_reg": registered_at,
+                "b_seq": r.seq,
+                "b_sent": r.sent_ms,
             }
         )
     many(w.conn, q.INSERT_NODE, inserts)

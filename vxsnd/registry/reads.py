@@ -162,6 +162,8 @@ def _node_row(r: Any) -> Node:
         last_seen=r.last_seen,
         expires_at=r.expires_at,
         registered_at=r.registered_at,
+        last_seq=r.last_seq,
+        last_sent_ms=r.last_sent_ms,
     )
 
 

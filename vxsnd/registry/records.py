@@ -57,6 +57,8 @@ class Node:
     last_seen: float
     expires_at: float
     registered_at: float  # when this incarnation first registered
+    last_seq: int = 0  # envelope of its last accepted register round (replay marks)
+    last_sent_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

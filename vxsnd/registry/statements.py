@@ -34,7 +34,12 @@ _m, _n, _nv, _v, _c = t.members, t.nodes, t.node_vnis, t.vnis, t.changes
 REFRESH_NODE = (
     update(_n)
     .where(_n.c.node_id == bindparam("b_node"))
-    .values(last_seen=bindparam("b_now"), expires_at=bindparam("b_exp"))
+    .values(
+        last_seen=bindparam("b_now"),
+        expires_at=bindparam("b_exp"),
+        last_seq=bindparam("b_seq"),
+        last_sent_ms=bindparam("b_sent"),
+    )
 )
 TAKE_OVER = (
     update(_m)
@@ -89,12 +94,16 @@ UPDATE_NODE = (
         last_seen=bindparam("b_now"),
         expires_at=bindparam("b_exp"),
         registered_at=bindparam("b_reg"),
+        last_seq=bindparam("b_seq"),
+        last_sent_ms=bindparam("b_sent"),
     )
 )
 # One statement for any number of refreshes (arrays are single parameters).
 PG_REFRESH = text(
-    "UPDATE nodes SET last_seen = :now, expires_at = v.exp"
-    " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:exps AS DOUBLE PRECISION[])) AS v(id, exp)"
+    "UPDATE nodes SET last_seen = :now, expires_at = v.exp, last_seq = v.seq,"
+    " last_sent_ms = v.sent"
+    " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:exps AS DOUBLE PRECISION[]),"
+    " CAST(:seqs AS BIGINT[]), CAST(:sents AS BIGINT[])) AS v(id, exp, seq, sent)"
     " WHERE nodes.node_id = v.id RETURNING nodes.node_id"
 )
 ARRAY_CHUNK: Final = 10_000  # rows per array parameter

@@ -54,12 +54,20 @@ def _refresh(w: Writer, refreshes: Sequence[Refresh]) -> None:
                 "now": w.now,
                 "ids": [r.node_id for r in chunk],
                 "exps": [expiry(w.now, r.hold_time) for r in chunk],
+                "seqs": [r.seq for r in chunk],
+                "sents": [r.sent_ms for r in chunk],
             }
             found.update(r.node_id for r in w.conn.execute(q.PG_REFRESH, params))
         w.unknown |= ids - found
         return
     rows = [
-        {"b_node": r.node_id, "b_now": w.now, "b_exp": expiry(w.now, r.hold_time)}
+        {
+            "b_node": r.node_id,
+            "b_now": w.now,
+            "b_exp": expiry(w.now, r.hold_time),
+            "b_seq": r.seq,
+            "b_sent": r.sent_ms,
+        }
         for r in refreshes
     ]
     if many(w.conn, q.REFRESH_NODE, rows) != len(ids):

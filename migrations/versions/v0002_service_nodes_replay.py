@@ -1,4 +1,6 @@
-"""The vxsnd instances serving the registry (service_nodes), for the status page.
+"""The vxsnd instances serving the registry (service_nodes), for the status page;
+each node's last accepted register envelope (nodes.last_seq, nodes.last_sent_ms), so
+a replay is refused across a vxsnd restart.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,6 +21,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("nodes") as batch:
+        batch.add_column(
+            sa.Column("last_seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+        )
+        batch.add_column(
+            sa.Column("last_sent_ms", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+        )
     op.create_table(
         "service_nodes",
         sa.Column("server_id", sa.String(length=64), nullable=False),
@@ -32,3 +41,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("service_nodes")
+    with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("last_sent_ms")
+        batch.drop_column("last_seq")
