@@ -21,12 +21,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("nodes") as batch:
-        batch.add_column(
-            sa.Column("last_seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
-        )
-        batch.add_column(
-            sa.Column("last_sent_ms", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+    # plain ADD COLUMN (SQLite does it in place; batch mode would recreate `nodes`,
+    # which the foreign keys of node_vnis and members forbid)
+    for name in ("last_seq", "last_sent_ms"):
+        op.add_column(
+            "nodes", sa.Column(name, sa.BigInteger(), server_default=sa.text("0"), nullable=False)
         )
     op.create_table(
         "service_nodes",
@@ -41,6 +40,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("service_nodes")
-    with op.batch_alter_table("nodes") as batch:
-        batch.drop_column("last_sent_ms")
-        batch.drop_column("last_seq")
+    op.drop_column("nodes", "last_sent_ms")
+    op.drop_column("nodes", "last_seq")

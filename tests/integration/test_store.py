@@ -218,6 +218,23 @@ async def test_outdated_registry_is_refused_until_upgraded(db_url: str) -> None:
         assert await s.generations() == {}
 
 
+async def test_a_0001_registry_with_agents_upgrades_to_0002(db_url: str) -> None:
+    """The upgrade an operator runs (`vxsnd db upgrade`): nodes, members and claims
+    survive; the new replay marks start at 0 (nothing remembered yet); the
+    service_nodes table is there."""
+    async with await Store.open(db_url) as s:
+        await apply_regs(s, 1.0, reg("a", {100: "10.0.0.1"}, incarnation=3))
+    await run_sync_alembic(db_url, "downgrade", "0001")
+    with pytest.raises(SchemaOutdated):
+        await Store.open(db_url)
+    await upgrade_schema(db_url)
+    async with await Store.open(db_url) as s:
+        (node,) = await s.nodes()
+        assert (node.node_id, node.incarnation, node.last_seq) == ("a", 3, 0)
+        assert await addresses(s, 100) == {"10.0.0.1"}
+        assert await s.service_nodes() == []
+
+
 async def test_empty_database_without_create(db_url: str) -> None:
     with pytest.raises(RegistryMissing, match="vxsnd db upgrade"):
         await Store.open(db_url, create=False)
