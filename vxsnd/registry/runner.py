@@ -260,9 +260,14 @@ class _Sqlite(Database):
         return await loop.run_in_executor(self._pool, self._read, fn, args, kw)
 
     async def dispose(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.sync_engine.dispose)
+        # a caller cancelled mid-call leaves its call running in the pool, holding a
+        # connection: let it finish first, or that connection outlives the close (and
+        # SQLite keeps its -wal and -shm files)
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.sync_engine.dispose()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
