@@ -8,18 +8,21 @@ the reason a receiver counts. Optional fields (the delta base "b", the
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from vxflood.schema.messages import (
     MAX_HOLD_TIME,
     MAX_LIST,
     MAX_PARTS,
+    MAX_REASON,
     MAX_REGISTRY_ID,
     U64_MAX,
     Ack,
     Envelope,
     Membership,
     Message,
+    Refusal,
     Register,
     Rejected,
     VniEntry,
@@ -65,10 +68,12 @@ def to_body(msg: Message) -> dict[str, Any]:
         )
         if msg.learning:  # only when set: a false flag leaves the bytes as they were
             body["l"] = True
-    else:
+    elif isinstance(msg, Ack):
         body.update(r=msg.registry, v=[[vni, gen] for vni, gen in msg.applied])
         if msg.learning:
             body["l"] = True
+    else:
+        body.update(r=msg.registry, w=msg.reason, o=msg.holder.packed, e=msg.expires_in)
     return body
 
 
@@ -190,6 +195,8 @@ def from_body(mtype: int, raw: object) -> Message:
         return _register(b, env)
     if mtype == Membership.TYPE:
         return _membership(b, env)
+    if mtype == Refusal.TYPE:
+        return _refusal(b, env)
     return _ack(b, env)
 
 
@@ -253,3 +260,21 @@ def _ack(b: _Body, env: Envelope) -> Ack:
             raise Rejected("invalid", "acked generation must be an unsigned integer")
         applied.append((_vni(item[0]), gen))
     return Ack(env, b.text("r", MAX_REGISTRY_ID, allow_empty=True), tuple(applied), _flag(b, "l"))
+
+
+def _refusal(b: _Body, env: Envelope) -> Refusal:
+    reason = b.text("w", MAX_REASON)
+    if not all(c.islower() or c == "-" for c in reason):
+        raise Rejected("invalid", "reason must be a label of a-z and -")
+    holder = b.raw.get("o", _MISSING)
+    if holder is _MISSING:
+        raise b._missing("o")
+    if not isinstance(holder, bytes) or len(holder) not in (4, 16):
+        raise Rejected("invalid", "holder must be a packed IPv4 or IPv6 address")
+    return Refusal(
+        env,
+        b.text("r", MAX_REGISTRY_ID),
+        reason,
+        ipaddress.ip_address(holder),
+        b.uint("e", MAX_HOLD_TIME),
+    )

@@ -17,7 +17,8 @@ from typing import ClassVar, TypeAlias
 from vxflood.schema.validate import NODE_ID_MAX, Address, InvalidValue, check_node_id
 
 MAGIC = b"VF"
-VERSION = 1
+VERSION = 2  # the newest this code speaks; each message goes out in the version that
+MIN_VERSION = 1  # defined its type (`since`), so older peers read all they knew
 HEADER = struct.Struct("!2sBBB")
 DEFAULT_BUDGET = 1400
 MAX_DATAGRAM = 9000  # receive limit: jumbo underlays may raise the send budget to this
@@ -28,7 +29,9 @@ MAX_REGISTRY_ID = 64
 U64_MAX = 2**64 - 1
 MAX_HOLD_TIME = 65_535
 
-Message: TypeAlias = "Register | Membership | Ack"
+MAX_REASON = 32
+
+Message: TypeAlias = "Register | Membership | Ack | Refusal"
 
 
 class Rejected(Exception):
@@ -64,6 +67,7 @@ class Register:
     """vxrd -> vxsnd: the node's full list (all parts of one round), refresh and anti-entropy."""
 
     TYPE: ClassVar[int] = 1
+    SINCE: ClassVar[int] = 1  # the protocol version that defined the type
     env: Envelope
     hold_time: int
     registry: str  # registry id the node last heard from this server ("" if none)
@@ -89,6 +93,7 @@ class Membership:
     """vxsnd -> vxrd: members of a VNI at a generation, as a snapshot or a delta."""
 
     TYPE: ClassVar[int] = 2
+    SINCE: ClassVar[int] = 1
     env: Envelope
     registry: str
     vni: int
@@ -113,6 +118,7 @@ class Ack:
     """vxrd -> vxsnd: the generations the node has applied."""
 
     TYPE: ClassVar[int] = 3
+    SINCE: ClassVar[int] = 1
     env: Envelope
     registry: str
     applied: tuple[tuple[int, int], ...]  # (vni, generation)
@@ -122,16 +128,37 @@ class Ack:
         return _repr_flagged(self)
 
 
-TYPES: dict[int, type[Register | Membership | Ack]] = {}  # message type -> class
+NODE_ID_CONFLICT = "node-id-conflict"
 
 
-def _register_type(cls: type[Register] | type[Membership] | type[Ack]) -> None:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """vxsnd -> vxrd (protocol version 2): the register round was refused.
+
+    `reason` "node-id-conflict": another live agent, at `holder` (the source
+    address of its registers), holds the node id; its registration runs out in
+    `expires_in` seconds unless it refreshes. The refused agent retries; it takes
+    the node id over once the holder withdraws or expires."""
+
+    TYPE: ClassVar[int] = 4
+    SINCE: ClassVar[int] = 2
+    env: Envelope
+    registry: str
+    reason: str
+    holder: ipaddress.IPv4Address | ipaddress.IPv6Address
+    expires_in: int
+
+
+TYPES: dict[int, type[Register | Membership | Ack | Refusal]] = {}  # message type -> class
+
+
+def _register_type(cls: type[Register] | type[Membership] | type[Ack] | type[Refusal]) -> None:
     if cls.TYPE in TYPES:
         raise ValueError(f"message type {cls.TYPE} registered twice")
     TYPES[cls.TYPE] = cls
 
 
-for _cls in (Register, Membership, Ack):
+for _cls in (Register, Membership, Ack, Refusal):
     _register_type(_cls)
 
 

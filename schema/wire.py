@@ -33,6 +33,8 @@ from vxflood.schema.messages import (
     MAX_PARTS,
     MAX_REGISTRY_ID,
     MAX_SENDER,
+    MIN_VERSION,
+    NODE_ID_CONFLICT,
     TYPES,
     U64_MAX,
     VERSION,
@@ -40,6 +42,7 @@ from vxflood.schema.messages import (
     Envelope,
     Membership,
     Message,
+    Refusal,
     Register,
     Rejected,
     Sequencer,
@@ -60,6 +63,8 @@ __all__ = [
     "MAX_PARTS",
     "MAX_REGISTRY_ID",
     "MAX_SENDER",
+    "MIN_VERSION",
+    "NODE_ID_CONFLICT",
     "U64_MAX",
     "VERSION",
     "Ack",
@@ -67,6 +72,7 @@ __all__ = [
     "Envelope",
     "Membership",
     "Message",
+    "Refusal",
     "Register",
     "Rejected",
     "Sequencer",
@@ -95,7 +101,7 @@ class Codec:
 
     def encode(self, msg: Message) -> bytes:
         body = msgpack.packb(to_body(msg), use_bin_type=True)
-        head = HEADER.pack(MAGIC, VERSION, msg.TYPE, len(self._key_id)) + self._key_id
+        head = HEADER.pack(MAGIC, msg.SINCE, msg.TYPE, len(self._key_id)) + self._key_id
         data: bytes = head + body
         if self.keyring is not None:
             data += Keyring.tag(self.keyring.signing, data)
@@ -110,10 +116,15 @@ class Codec:
         magic, version, mtype, klen = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise Rejected("magic")
-        if version != VERSION:
-            raise Rejected("version", f"protocol version {version} (this speaks {VERSION})")
-        if mtype not in TYPES:
+        if not MIN_VERSION <= version <= VERSION:
+            raise Rejected(
+                "version", f"protocol version {version} (this speaks {MIN_VERSION}..{VERSION})"
+            )
+        cls = TYPES.get(mtype)
+        if cls is None:
             raise Rejected("type", f"unknown message type {mtype}")
+        if version < cls.SINCE:
+            raise Rejected("version", f"type {mtype} in protocol version {version}")
         start = HEADER.size + klen
         key: Key | None = None
         if klen:

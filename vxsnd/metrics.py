@@ -42,6 +42,11 @@ class Metrics:
         self.withdrawals = Counter(
             "vxsnd_withdrawals", "Registers with hold time 0 (withdraw everything)", registry=r
         )
+        self.node_id_conflicts = Counter(
+            "vxsnd_node_id_conflicts",
+            "Register rounds refused: another live agent holds the node id",
+            registry=r,
+        )
         self.expiries = Counter("vxsnd_expiries", "Nodes expired by the hold timer", registry=r)
         self.acks = Counter("vxsnd_acks", "Acked (VNI, generation) entries", registry=r)
         self.pushes = Counter(

@@ -25,14 +25,26 @@ does not learn.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
 from dataclasses import dataclass, field
 
 from vxflood.schema.replay import ReplayGuard
-from vxflood.schema.wire import Ack, Codec, Register, Rejected, Sequencer
+from vxflood.schema.wire import (
+    MAX_HOLD_TIME,
+    NODE_ID_CONFLICT,
+    Ack,
+    Codec,
+    Refusal,
+    Register,
+    Rejected,
+    Sequencer,
+)
 from vxsnd import push
 from vxsnd import registry as store
 from vxsnd.assemble import Assembler, AssemblyError
+from vxsnd.conflicts import Conflicts
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
 from vxsnd.pushes import Need, NeedDelta, NeedSnapshot, Node, Outgoing, PeerAddr, Pushes
@@ -103,6 +115,8 @@ class Core:
         self.watch_wanted = False  # compare the registry's generations in the next step
         self.filling_until: float | None = None  # empty at start: may learn until then
         self.lost_seen = False  # an agent came with another registry's id
+        self.conflicts = Conflicts()
+        self._refusals: list[Outgoing] = []  # sent with the next step's datagrams
         self._rlog = RateLimitedLog(log)
 
     @property
@@ -215,6 +229,12 @@ class Core:
                 )
             self.regs.withdraw(node_id, first.env.incarnation)  # the registry checks it too
             return
+        holder = self.regs.holder(node_id)
+        if holder is not None and store.conflicts(
+            holder, first.env.incarnation, host_text(addr), now
+        ):
+            self._refuse(node_id, first.env.incarnation, addr, via, holder)
+            return
         ours = first.registry == self.registry_id
         if first.registry and not ours and self.filling_until is not None and not self.lost_seen:
             log.warning(
@@ -226,6 +246,35 @@ class Core:
             self.pushes.set_identity(self.registry_id, True)
         self.regs.register(first, entries, addr, via, now, ours)
 
+    def _refuse(
+        self, node_id: str, incarnation: int, addr: PeerAddr, via: int, holder: store.Holder
+    ) -> None:
+        """Another live agent holds `node_id`: the first keeps it; tell this one, count,
+        list it (vxsnd.conflicts) and log once per claimant and interval."""
+        now = self._now
+        claimant = host_text(addr)
+        self.metrics.node_id_conflicts.inc()
+        self.conflicts.record(node_id, holder.address, claimant, now)
+        self._rlog.log(
+            logging.WARNING,
+            f"conflict {node_id} {claimant}",
+            "node id conflict: %s is registered from %s; refused the agent at %s "
+            "(incarnation %x): two agents use one node id",
+            node_id,
+            holder.address,
+            claimant,
+            incarnation,
+        )
+        left = min(MAX_HOLD_TIME, max(0, math.ceil(holder.expires_at - now)))
+        msg = Refusal(
+            self.seq.next(),
+            self.registry_id,
+            NODE_ID_CONFLICT,
+            ipaddress.ip_address(holder.address),
+            left,
+        )
+        self._refusals.append((self.codec.encode(msg), addr, via))
+
     def _ack(self, msg: Ack, now: float) -> None:
         self.regs.ack(msg, self.registry_id, now)
 
@@ -236,6 +285,8 @@ class Core:
         nodes applied; pushes never wait for them to be written)."""
         b = self.regs.batch
         if b.node_ops or b.sweep or b.static_ops or self.pushes.dirty or self.watch_wanted:
+            return True
+        if self._refusals:
             return True
         if not b.acks:
             return False
@@ -280,6 +331,14 @@ class Core:
         self.regs.failed(failed)
 
     def batch_applied(self, batch: store.Batch, result: store.BatchResult) -> None:
+        for node_id, holder in result.conflicts.items():
+            # the registry knows a holder this core did not (another vxsnd's, or since
+            # a restart): the round is refused as if the core had known
+            p = self.regs.applying.get(node_id)
+            if p is not None:
+                self._refuse(node_id, p.node.incarnation, p.node.addr, p.node.via, holder)
+        for node_id in result.registered:
+            self.conflicts.resolved(node_id)
         self.regs.applied(batch, result)
 
     def absorb_external(self, result: store.BatchResult) -> None:
@@ -294,6 +353,10 @@ class Core:
         the registry reads that pushes put aside wait for: feed them
         (`pushes.snapshot_read` / `pushes.delta_read`) and call again."""
         self._tick(now)
+        if self._refusals:
+            out.extend(self._refusals)
+            self.metrics.datagrams_sent.inc(len(self._refusals))
+            self._refusals.clear()
         pending, self.regs.applying = self.regs.applying, {}
         if pending:
             self._reply(pending, out)

@@ -60,6 +60,16 @@ class Registrations:
         pending = self._pending.get(node_id)
         return pending.node if pending is not None else self.nodes.get(node_id)
 
+    def holder(self, node_id: str) -> store.Holder | None:
+        """The node id's registration as this core knows it (None: unknown, or the
+        registry lost it), for the conflict rule (vxsnd.registry.model.conflicts)."""
+        node = self.known(node_id)
+        if node is None or node.hold_time < 0:
+            return None
+        return store.Holder(
+            node.incarnation, host_text(node.addr), node.last_refresh + node.hold_time
+        )
+
     def withdraw(self, node_id: str, incarnation: int | None = None) -> None:
         self._batch.withdraw(node_id, incarnation)
         self._pending.pop(node_id, None)
@@ -169,7 +179,7 @@ class Registrations:
                 m.withdrawals.inc()
                 log.info("withdraw node=%s", node_id)
                 self._drop(node_id)
-            elif node_id in pending:
+            elif node_id in pending and node_id not in result.conflicts:
                 self._adopt(pending[node_id], node_id in result.registered)
         for node_id in sorted(result.expired):
             m.expiries.inc()

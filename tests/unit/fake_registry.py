@@ -59,6 +59,7 @@ class FakeRegistry:
         withdrawn: set[str] = set()
         unknown: set[str] = set()
         not_owner: set[str] = set()
+        refused: dict[str, store.Holder] = {}
         for node_id, op in batch.node_ops.items():
             if isinstance(op, store.Withdrawal):
                 held = self.regs.get(node_id)
@@ -68,6 +69,11 @@ class FakeRegistry:
                     withdrawn.add(node_id)
             elif isinstance(op, store.Registration):
                 old = self.regs.get(node_id)
+                if old is not None:
+                    holder = store.Holder(old.reg.incarnation, old.reg.address, old.expires_at)
+                    if store.conflicts(holder, op.incarnation, op.address, now):
+                        refused[node_id] = holder  # the real writer's rule: first keeps it
+                        continue
                 if old is None or old.reg.incarnation != op.incarnation:
                     registered.add(node_id)
                 since = now if old is None or node_id in registered else old.registered_at
@@ -101,6 +107,7 @@ class FakeRegistry:
             frozenset(unknown),
             frozenset(),
             frozenset(not_owner),
+            refused,
         )
 
     def _bump(self, before: dict[int, frozenset[str]]) -> dict[int, store.VniChange]:

@@ -14,6 +14,7 @@ from vxflood.schema.wire import (
     Ack,
     Codec,
     Membership,
+    Refusal,
     Register,
     Sequencer,
     VniEntry,
@@ -69,9 +70,12 @@ def step(
 
 
 class Agent:
-    def __init__(self, name: str, port: int) -> None:
-        self.seq = Sequencer(name, incarnation=7, clock=lambda: T0)
-        self.addr = ("127.0.0.1", port)
+    def __init__(
+        self, name: str, port: int, host: str = "127.0.0.1", incarnation: int = 7
+    ) -> None:
+        self.now = T0  # the agent's clock, for its envelopes
+        self.seq = Sequencer(name, incarnation=incarnation, clock=lambda: self.now)
+        self.addr = (host, port)
         self.round = 0
         self.registry = ""
 
@@ -336,3 +340,91 @@ def test_a_first_start_or_a_populated_registry_does_not_learn() -> None:
     b.send(core, b.register({100: "10.0.0.2"}), T0 + 1)
     step(core, reg, T0 + 1)
     assert not core.learning and core.request_sweep()
+
+
+# ------------------------------------------------------------ node-id conflicts (issue 10)
+
+
+def refusals(out: list[Outgoing], agent: Agent) -> list[Refusal]:
+    msgs = [CODEC.decode(d) for d, addr, _ in out if addr == agent.addr]
+    return [m for m in msgs if isinstance(m, Refusal)]
+
+
+def conflict_lab() -> tuple[Core, FakeRegistry, Agent, Agent, Agent]:
+    """a (at 127.0.0.1) and b registered in VNI 100; a clone of a's node id at 127.0.0.2."""
+    core, reg = make()
+    a, b = Agent("a", 1001), Agent("b", 1002)
+    joined(core, reg, (a, {100: "10.0.0.1"}), (b, {100: "10.0.0.2"}))
+    clone = Agent("a", 1003, host="127.0.0.2", incarnation=8)
+    return core, reg, a, b, clone
+
+
+def test_a_second_live_agent_claiming_a_node_id_is_refused_and_the_first_keeps_it() -> None:
+    core, reg, a, b, clone = conflict_lab()
+    gens = dict(reg.gens)
+    for attempt in (1, 2):
+        clone.send(core, clone.register({100: "10.0.0.9"}), T0 + attempt)
+        out = step(core, reg, T0 + attempt)
+        (refusal,) = refusals(out, clone)
+        assert refusal.reason == "node-id-conflict" and refusal.holder == ip("127.0.0.1")
+        assert refusal.expires_in == 90 - attempt and refusal.registry == reg.registry_id
+        assert [addr for _, addr, _ in out] == [clone.addr]  # nobody else hears of it
+    assert reg.regs["a"].reg.incarnation == 7 and reg.gens == gens
+    assert core.nodes["a"].addr == a.addr
+    assert core.metrics.value("vxsnd_node_id_conflicts_total") == 2
+    (listed,) = core.conflicts.current(T0 + 2)
+    assert (listed.node_id, listed.holder, listed.claimant, listed.refused) == (
+        "a",
+        "127.0.0.1",
+        "127.0.0.2",
+        2,
+    )
+    a.send(core, a.register({100: "10.0.0.1"}, applied={100: reg.gens[100]}), T0 + 3)
+    assert replies(step(core, reg, T0 + 3), a)  # the holder refreshes as ever
+
+
+def test_the_refused_agent_takes_over_once_the_holder_expires_or_withdraws() -> None:
+    core, reg, a, b, clone = conflict_lab()
+    clone.send(core, clone.register({100: "10.0.0.9"}), T0 + 1)
+    step(core, reg, T0 + 1)
+    clone.now = T0 + 91
+    clone.send(core, clone.register({100: "10.0.0.9"}), T0 + 91)  # a never refreshed
+    out = step(core, reg, T0 + 91)
+    assert refusals(out, clone) == [] and replies(out, clone)
+    assert reg.regs["a"].reg.incarnation == 8 and core.conflicts.current(T0 + 91) == []
+    assert core.metrics.value("vxsnd_node_id_conflicts_total") == 1
+
+    core, reg, a, b, clone = conflict_lab()
+    a.send(core, a.register({}, hold=0), T0 + 1)  # a clean stop
+    step(core, reg, T0 + 1)
+    clone.send(core, clone.register({100: "10.0.0.9"}), T0 + 1)
+    out = step(core, reg, T0 + 1)
+    assert refusals(out, clone) == [] and reg.regs["a"].reg.incarnation == 8
+
+
+def test_a_new_incarnation_from_the_holders_address_is_a_restart_not_a_conflict() -> None:
+    core, reg, a, b, _ = conflict_lab()
+    restarted = Agent("a", 1009, incarnation=9)  # same host, new process, new port
+    restarted.send(core, restarted.register({100: "10.0.0.1"}), T0 + 5)
+    out = step(core, reg, T0 + 5)
+    assert refusals(out, restarted) == [] and replies(out, restarted)
+    assert reg.regs["a"].reg.incarnation == 9
+    assert core.metrics.value("vxsnd_node_id_conflicts_total") == 0
+
+
+def test_a_holder_only_the_registry_knows_is_defended_by_the_registry() -> None:
+    """After a vxsnd restart (or a holder registered through another vxsnd) the
+    core's memory is empty: the registry's transaction refuses the clone."""
+    _, reg = make()
+    first, _ = make(reg)
+    a = Agent("a", 1001)
+    joined(first, reg, (a, {100: "10.0.0.1"}))
+    restarted, _ = make(reg)
+    clone = Agent("a", 1003, host="127.0.0.2", incarnation=8)
+    clone.send(restarted, clone.register({100: "10.0.0.9"}), T0 + 2)
+    out = step(restarted, reg, T0 + 2)
+    (refusal,) = refusals(out, clone)
+    assert refusal.holder == ip("127.0.0.1") and refusal.expires_in == 88
+    assert [m for m in (CODEC.decode(d) for d, _, _ in out) if not isinstance(m, Refusal)] == []
+    assert reg.regs["a"].reg.incarnation == 7 and "a" not in restarted.nodes
+    assert restarted.metrics.value("vxsnd_node_id_conflicts_total") == 1

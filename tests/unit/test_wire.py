@@ -24,6 +24,7 @@ from vxflood.schema.wire import (
     Codec,
     Envelope,
     Membership,
+    Refusal,
     Register,
     Rejected,
     Sequencer,
@@ -50,7 +51,7 @@ def test_golden_vector_bytes_and_round_trip(vector: dict[str, str]) -> None:
 
 def test_every_message_type_has_a_golden_vector() -> None:
     kinds = {type(msg) for msg, _ in wire_vectors.VECTORS.values()}
-    assert kinds == {Register, Membership, Ack}
+    assert kinds == {Register, Membership, Ack, Refusal}
 
 
 # ------------------------------------------------------------------ strategies
@@ -159,11 +160,11 @@ def test_truncated_or_corrupted_datagrams_rejected(
         | st.binary(max_size=20),
         lambda c: (
             st.lists(c, max_size=4)
-            | st.dictionaries(st.sampled_from("sitqhrkpnvxgbad"), c, max_size=12)
+            | st.dictionaries(st.sampled_from("sitqhrkpnvxgbadwoe"), c, max_size=12)
         ),
         max_leaves=30,
     ),
-    st.sampled_from([1, 2, 3]),
+    st.sampled_from([1, 2, 3, 4]),
 )
 def test_well_formed_msgpack_with_wrong_shapes_rejected_cleanly(body: object, mtype: int) -> None:
     data = HEADER.pack(MAGIC, VERSION, mtype, 0) + msgpack.packb(body, use_bin_type=True)
@@ -316,6 +317,45 @@ def test_header_checks() -> None:
         with pytest.raises(Rejected) as info:
             Codec().decode(data)
         assert info.value.reason == reason, (data[:8], reason)
+
+
+def test_versions_one_and_two_are_spoken_each_message_in_its_own() -> None:
+    """Version 2 added the Refusal (type 4); every older message still goes out as
+    version 1, byte for byte what a version-1 peer reads, and is read in either."""
+    ack = Codec().encode(Ack(Envelope("h", 1, 1, 1), "", ()))
+    assert ack[2] == 1
+    assert Codec().decode(ack[:2] + b"\x02" + ack[3:]) == Codec().decode(ack)
+    refusal = Refusal(Envelope("sn", 1, 1, 1), "r", "node-id-conflict", ip("127.0.0.1"), 5)
+    data = Codec().encode(refusal)
+    assert data[2] == 2
+    assert Codec().decode(data) == refusal
+    with pytest.raises(Rejected) as info:  # a type 4 stamped version 1 is nobody's
+        Codec().decode(data[:2] + b"\x01" + data[3:])
+    assert info.value.reason == "version"
+    for version in (0, 3, 255):
+        with pytest.raises(Rejected, match=r"speaks 1\.\.2") as info:
+            Codec().decode(data[:2] + bytes([version]) + data[3:])
+        assert info.value.reason == "version"
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"w": "Node Id"}, "reason"),
+        ({"w": ""}, "'w'"),
+        ({"o": b"\x01\x02\x03"}, "holder"),
+        ({"o": "127.0.0.1"}, "holder"),
+        ({"e": 70_000}, "'e'"),
+        ({"e": -1}, "'e'"),
+    ],
+)
+def test_bad_refusals_rejected(change: dict[str, object], detail: str) -> None:
+    body = {**ENV_BODY, "r": "x", "w": "node-id-conflict", "o": b"\x7f\0\0\1", "e": 3, **change}
+    data = HEADER.pack(MAGIC, 2, 4, 0) + msgpack.packb(body, use_bin_type=True)
+    with pytest.raises(Rejected) as info:
+        Codec().decode(data)
+    assert info.value.reason == "invalid"
+    assert detail in info.value.detail
 
 
 def test_signatures_and_key_rotation() -> None:

@@ -18,6 +18,7 @@ from vxflood.schema.wire import (
     Envelope,
     Membership,
     Message,
+    Refusal,
     Register,
     VniEntry,
 )
@@ -60,6 +61,11 @@ VECTORS: dict[str, tuple[Message, bool]] = {
         False,
     ),
     "ack-reply-learning": (Ack(SERVER_ENV, "9f2c", ((100, 14),), learning=True), False),
+    # protocol version 2: a register round refused, the node id held elsewhere
+    "refusal-node-id-conflict-signed": (
+        Refusal(SERVER_ENV, "9f2c", "node-id-conflict", ip("192.0.2.7"), 61),
+        True,
+    ),
 }
 
 

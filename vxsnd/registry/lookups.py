@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from vxsnd.registry import statements as q
-from vxsnd.registry.model import Key
+from vxsnd.registry.model import Holder, Key
 from vxsnd.registry.runner import CHUNK, chunks
 
 __all__ = [
@@ -63,6 +63,15 @@ def existing_nodes(conn: Connection, node_ids: Iterable[str]) -> dict[str, tuple
     for chunk in chunks(sorted(set(node_ids))):
         for r in conn.execute(q.NODES_KNOWN, {"ids": chunk}):
             found[r.node_id] = (r.incarnation, r.registered_at)
+    return found
+
+
+def holders(conn: Connection, node_ids: Iterable[str]) -> dict[str, Holder]:
+    """node_id -> its registration's holder, for the nodes that exist."""
+    found: dict[str, Holder] = {}
+    for chunk in chunks(sorted(set(node_ids))):
+        for r in conn.execute(q.HOLDERS, {"ids": chunk}):
+            found[r.node_id] = Holder(r.incarnation, r.address, r.expires_at)
     return found
 
 

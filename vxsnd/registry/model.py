@@ -62,6 +62,27 @@ def is_expired(expires_at: float | None, now: float) -> bool:
     return expires_at is not None and expires_at <= now
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The live registration a node id has: who a conflicting claim is refused for."""
+
+    incarnation: int
+    address: str  # the source address of its registers
+    expires_at: float
+
+
+def conflicts(holder: Holder, incarnation: int, address: str, now: float) -> bool:
+    """The node-id conflict rule (issue 10), for the core's memory and the writer alike:
+    another process (incarnation) from another place, while the holder is live. A new
+    incarnation from the holder's address is a restart and takes the id over; so does
+    anyone once the holder has expired or withdrawn."""
+    return (
+        holder.incarnation != incarnation
+        and holder.address != address
+        and not is_expired(holder.expires_at, now)
+    )
+
+
 def _vtep(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Canonical text of a VTEP address (raises schema.validate.InvalidValue)."""
     if isinstance(address, str):
@@ -255,6 +276,8 @@ class BatchResult:
     unknown: frozenset[str]  # refreshed or acked node ids that are not registered
     missing_static: frozenset[Key]  # remove_static for entries that are not static members
     not_owner: frozenset[str] = frozenset()  # withdrawals by another incarnation: refused
+    # registrations refused because another live agent holds the node id (`conflicts`)
+    conflicts: Mapping[str, Holder] = field(default_factory=dict)
 
     @property
     def generations(self) -> dict[int, int]:

@@ -126,6 +126,9 @@ MEMBERS_IN_VNIS = select(*MEMBER_COLS).where(_m.c.vni.in_(VNIS))
 MEMBERS_AT = select(*MEMBER_COLS).where(tuple_(_m.c.vni, _m.c.address).in_(KEYS))
 MEMBERS_OF = select(*MEMBER_COLS).where(_m.c.node_id.in_(IDS))
 MEMBERS_OF_OR_AT = union_all(MEMBERS_OF, MEMBERS_AT)
+HOLDERS = select(_n.c.node_id, _n.c.incarnation, _n.c.address, _n.c.expires_at).where(
+    _n.c.node_id.in_(IDS)
+)
 NODES_KNOWN = select(_n.c.node_id, _n.c.incarnation, _n.c.registered_at).where(
     _n.c.node_id.in_(IDS)
 )

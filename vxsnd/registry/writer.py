@@ -20,10 +20,12 @@ from vxsnd.registry import statements as q
 from vxsnd.registry.model import (
     Batch,
     BatchResult,
+    Holder,
     Refresh,
     Registration,
     VniChange,
     Withdrawal,
+    conflicts,
     expiry,
 )
 from vxsnd.registry.ownership import Writer, register, write_static
@@ -136,6 +138,21 @@ def _not_owner(conn: Connection, leaving: Mapping[str, int | None]) -> set[str]:
     return {n for n, (incarnation, _) in known.items() if incarnation != leaving[n]}
 
 
+def _conflicts(w: Writer, regs: dict[str, Registration]) -> dict[str, Holder]:
+    """Registrations of a node id another live agent holds (`model.conflicts`): taken
+    out of `regs`, they write nothing; the holder keeps the id."""
+    if not regs:
+        return {}
+    refused = {
+        node_id: holder
+        for node_id, holder in lookups.holders(w.conn, regs).items()
+        if conflicts(holder, regs[node_id].incarnation, regs[node_id].address, w.now)
+    }
+    for node_id in refused:
+        del regs[node_id]
+    return refused
+
+
 def apply_batch(
     conn: Connection,
     batch: Batch,
@@ -163,6 +180,7 @@ def apply_batch(
             refreshes.append(op)
     not_owner = _not_owner(conn, leaving)
     w.withdrawn = w.remove_nodes(set(leaving) - not_owner)
+    refused = _conflicts(w, regs)
     register(w, regs)
     _refresh(w, refreshes)
     _acks(w, batch.acks)
@@ -176,5 +194,6 @@ def apply_batch(
         expired=frozenset(w.expired),
         unknown=frozenset(w.unknown),
         not_owner=frozenset(not_owner),
+        conflicts=refused,
         missing_static=frozenset(w.missing_static),
     )
