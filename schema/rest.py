@@ -410,6 +410,17 @@ NODE_LIST_SCHEMA: Final = _obj({"nodes": {"type": "array", "items": NODE_SUMMARY
 NODE_DETAIL_SCHEMA: Final = _obj(
     {**_NODE_COMMON, "vnis": {"type": "array", "items": NODE_VNI_SCHEMA}}
 )
+CONFLICT_SCHEMA: Final = _obj(
+    {
+        "node_id": {"type": "string"},
+        "holder": {"type": "string", "description": "where the node id is registered from"},
+        "claimant": {"type": "string", "description": "the refused agent's address"},
+        "first_refused": _TIME,
+        "last_refused": _TIME,
+        "refused": {"type": "integer", "minimum": 1, "description": "register rounds refused"},
+    }
+)
+CONFLICT_LIST_SCHEMA: Final = _obj({"conflicts": {"type": "array", "items": CONFLICT_SCHEMA}})
 HEALTH_SCHEMA: Final = _obj(
     {"status": {"type": "string", "enum": ["ok", "degraded"]}, "reason": {"type": "string"}},
     ["status"],

@@ -21,6 +21,7 @@ CTL_OK: Final = 0
 CTL_REFUSED: Final = 1
 CTL_USAGE: Final = 2
 CTL_UNREACHABLE: Final = 3
+CTL_CONFLICT: Final = 4  # vxrdctl status: a service node refuses the agent's node id
 CTL_EXIT_CODES: Final = (
     "Exit status: 0 done, 1 refused or failed by the daemon, 2 usage or local file "
     "error, 3 daemon not reachable."

@@ -26,6 +26,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
 
 from vxflood.schema.replay import ReplayGuard
 from vxflood.schema.validate import Address
@@ -34,6 +35,7 @@ from vxflood.schema.wire import (
     Ack,
     Codec,
     Membership,
+    Refusal,
     Register,
     Rejected,
     Sequencer,
@@ -45,15 +47,29 @@ from vxrd.config import ServerAddr
 log = logging.getLogger("vxrd.client")
 
 RENEW_AFTER = 3  # unanswered register rounds in a row before a new incarnation
+RETRY_AFTER_EXPIRY = 0.5  # seconds past a refusing holder's expiry before trying again
 
 __all__ = [
     "ASSEMBLY_TIMEOUT",
     "RENEW_AFTER",
     "Outcome",
+    "Refused",
     "ServerClient",
     "ServerState",
     "union_members",
 ]
+
+
+@dataclass(slots=True)
+class Refused:
+    """The server refuses our register rounds (issue 10): another agent holds our node id."""
+
+    reason: str  # "node-id-conflict"
+    holder: str  # the address the node id is registered from
+    since: float  # wall-clock time of the first refusal of this streak
+    last: float  # ... of the latest
+    count: int  # refusals in this streak
+    retry_at: float  # monotonic: when the holder's registration runs out unless refreshed
 
 
 # ---------------------------------------------------------------- asyncio endpoint
@@ -104,6 +120,7 @@ class ServerClient:
         self.unanswered = 0  # rounds sent in a row that the server has not answered
         self.renewals = 0  # new incarnations picked because the server stopped answering
         self.errors = 0  # datagrams whose handling raised (a bug): counted, logged rarely
+        self.refused: Refused | None = None  # the server refuses our node id (a conflict)
         self.poke = asyncio.Event()  # set on every round sent and every reply
         self._address: tuple[str, int] | None = None  # resolved (ip, port)
         self._source = ""  # the server's ip, normalised (_norm): what replies come from
@@ -249,21 +266,62 @@ class ServerClient:
             msg = self.codec.decode(data)
         except Rejected as exc:
             return self._dropped(exc.reason)
-        if not isinstance(msg, Membership | Ack):
+        if not isinstance(msg, Membership | Ack | Refusal):
             return self._dropped("type")
         env = msg.env
         reason = self.guard.check(env.sender, env.incarnation, env.seq, env.time_ms, now_wall)
         if reason is not None:
             return self._dropped(reason)
         self.last_contact = now_wall
+        if isinstance(msg, Refusal):
+            self.state.heard = now_mono  # alive: it answered, with a no
+            self._refusal(msg, now_wall, now_mono)
+            return Outcome(ignored=msg.reason)
         if isinstance(msg, Ack):
             out = self.state.handle_reply(msg, now_mono)
+            self._accepted()
             self._answer()
             return out
         if msg.vni not in wanted:
             self.state.heard = now_mono  # alive, but nothing to apply
             return self._dropped("not-for-us")
         return self.state.handle(msg, now_mono)
+
+    def _refusal(self, msg: Refusal, now_wall: float, now_mono: float) -> None:
+        """Our round was refused: the round counts as answered (the server is alive, a
+        new incarnation would not help); the next try is the next refresh, or sooner
+        when the holder's registration runs out before it (vxrd.registrar.retry)."""
+        holder = str(msg.holder)
+        retry_at = now_mono + msg.expires_in + RETRY_AFTER_EXPIRY
+        r = self.refused
+        if r is None or r.holder != holder or r.reason != msg.reason:
+            r = self.refused = Refused(msg.reason, holder, now_wall, now_wall, 0, retry_at)
+        r.last, r.retry_at = now_wall, retry_at
+        r.count += 1
+        if r.count & (r.count - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
+            log.error(
+                "server %s refuses node id %s (%s): another agent at %s holds it; give "
+                "each host its own node id (--node-id, node_id in the config, or leave it "
+                "unset for the default); retrying, %d refusal(s) so far",
+                self.name,
+                self.node_id,
+                msg.reason,
+                holder,
+                r.count,
+            )
+        self.answered = self.ever_answered = self.incarnation_answered = True
+        self.unanswered = 0
+        self.poke.set()
+
+    def _accepted(self) -> None:
+        if self.refused is not None:
+            log.info(
+                "server %s: node id %s registered (the conflict with %s is over)",
+                self.name,
+                self.node_id,
+                self.refused.holder,
+            )
+            self.refused = None
 
     def _answer(self) -> None:
         if not self.ever_answered:

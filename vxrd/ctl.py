@@ -5,7 +5,8 @@
 Tables for people, the API's JSON with --json; the global flags go before or
 after the command. Any failure is one line on stderr and the exit codes
 vxsndctl uses too (vxflood.commands): 1 vxrd refused or failed the request,
-2 usage error, 3 vxrd cannot be reached.
+2 usage error, 3 vxrd cannot be reached; and `status` exits 4 when a service
+node refuses this agent's node id (another agent holds it), so scripts notice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vxflood.commands import (
+    CTL_CONFLICT,
     CTL_EXIT_CODES,
     CTL_REFUSED,
     CTL_UNREACHABLE,
@@ -30,6 +32,11 @@ from vxflood.commands import (
 from vxflood.schema.validate import InvalidValue, parse_vni
 from vxflood.tables import duration, since, table
 from vxrd.config import DEFAULT_STATUS_SOCKET
+
+EXIT_CODES = (
+    CTL_EXIT_CODES[:-1] + ", 4 (status) a service node refuses this agent's node id: "
+    "another agent holds it."
+)
 
 
 class CtlError(Exception):
@@ -99,7 +106,20 @@ def show_status(data: dict[str, Any]) -> str:
         )
         for s in data.get("servers", [])
     ]
-    return head + "\n\n" + table(("SERVER", "REGISTRY", "LAST CONTACT", "VNIS", "DROPPED"), rows)
+    out = head + "\n\n" + table(("SERVER", "REGISTRY", "LAST CONTACT", "VNIS", "DROPPED"), rows)
+    for s in data.get("servers", []):
+        c = s.get("conflict")
+        if c:
+            out += (
+                f"\nCONFLICT: {s['server']} refuses node id {data['node_id']} "
+                f"({c['reason']}): registered by the agent at {c['holder']}; "
+                f"{c['refusals']} refusal(s), first {since(time.time() - c['since'])}"
+            )
+    return out
+
+
+def conflicted(data: dict[str, Any]) -> bool:
+    return any(s.get("conflict") for s in data.get("servers", []))
 
 
 def show_devices(data: list[dict[str, Any]]) -> str:
@@ -142,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vxrdctl",
         description="Query and control the local vxrd. Global options may come before "
         "or after the command.",
-        epilog=CTL_EXIT_CODES,
+        epilog=EXIT_CODES,
     )
     add_version(p)
     flags = GlobalFlags()
@@ -156,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return flags.copy_to(sub.add_parser(name, help=help, epilog=CTL_EXIT_CODES))
+        return flags.copy_to(sub.add_parser(name, help=help, epilog=EXIT_CODES))
 
     command("status", "node id, uptime, servers and last contact")
     command("devices", "VXLAN devices and what vxrd does with each")
@@ -166,11 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, int]:
+    """What to print, and the exit status."""
     sock = args.socket
     if args.command == "status":
         data = request(sock, "GET", "/v1/status")
-        return json.dumps(data, indent=2) if args.json else show_status(data)
+        code = CTL_CONFLICT if conflicted(data) else 0
+        return (json.dumps(data, indent=2) if args.json else show_status(data)), code
+    return _run(args), 0
+
+
+def _run(args: argparse.Namespace) -> str:
+    sock = args.socket
     if args.command == "devices":
         data = request(sock, "GET", "/v1/devices")
         return json.dumps(data, indent=2) if args.json else show_devices(data)
@@ -197,12 +224,12 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = run(args)
+        out, code = run(args)
     except CtlError as exc:
         print(f"vxrdctl: {exc}", file=sys.stderr)
         return exc.code
     print(out)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -107,6 +107,19 @@ class Registrar:
         cap = max(RETRY_FIRST, self.refresh_interval)
         while True:
             client.poke.clear()
+            refused = client.refused
+            if refused is not None and client.answered and not self.paused:
+                # refused (node-id conflict): the refresh retries; try sooner only when
+                # the holder runs out before it, to take the id over at once
+                wait = refused.retry_at - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await client.poke.wait()
+                    continue
+                refused.retry_at = float("inf")  # once per refusal
+                await self._try(client)
+                continue
             if client.answered or client.round_sent is None or self.paused:
                 delay = RETRY_FIRST
                 await client.poke.wait()
@@ -118,8 +131,11 @@ class Registrar:
                         await client.poke.wait()
                 continue  # look again: answered, or a newer round
             log.debug("server %s: no answer after %.1f s, registering again", client.name, delay)
-            try:
-                await self.send(client)
-            except Exception:
-                log.exception("server %s: register retry failed", client.name)
+            await self._try(client)
             delay = min(delay * 2, cap)
+
+    async def _try(self, client: ServerClient) -> None:
+        try:
+            await self.send(client)
+        except Exception:
+            log.exception("server %s: register retry failed", client.name)

@@ -43,6 +43,15 @@ def status(agent: Agent) -> dict[str, Any]:
                 else round(now - c.last_contact, 3),
                 "vnis": len(c.state.vnis),
                 "dropped": dict(c.drops),
+                "conflict": None
+                if c.refused is None
+                else {
+                    "reason": c.refused.reason,
+                    "holder": c.refused.holder,
+                    "since": c.refused.since,
+                    "last": c.refused.last,
+                    "refusals": c.refused.count,
+                },
             }
             for c in agent.clients
         ],

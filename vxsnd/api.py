@@ -148,7 +148,7 @@ def build_app(
     app[ROUTE_BY_NAME] = {route.name: route for route in ROUTES}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
-    status_page.setup(app, backend.store, metrics_registry)
+    status_page.setup(app, backend.store, metrics_registry, backend.conflicts)
     return app
 
 

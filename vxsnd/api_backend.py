@@ -25,6 +25,7 @@ from vxflood.schema import rest
 from vxflood.schema.rest import Json
 from vxflood.schema.validate import Address
 from vxsnd import registry as st
+from vxsnd.conflicts import Conflict as NodeIdConflict
 
 log = logging.getLogger("vxsnd.api")
 
@@ -40,6 +41,8 @@ class RegistryHost(Protocol):
     def store(self) -> st.Store: ...
 
     async def apply_batch(self, batch: st.Batch, now: float) -> st.BatchResult: ...
+
+    def node_id_conflicts(self, now: float) -> list[NodeIdConflict]: ...
 
 
 class Unavailable(Exception):
@@ -123,16 +126,18 @@ class ReplaceCounts:
 class Backend:
     store: st.Store
     apply: ApplyFn  # writes the batch and pushes what changed
+    # the node-id conflicts the daemon refused (vxsnd.conflicts), as of `now`
+    conflicts: Callable[[float], list[NodeIdConflict]] = lambda _now: []
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def from_daemon(cls, daemon: object) -> Backend:
         if not isinstance(daemon, RegistryHost):
             raise TypeError(
-                "the API needs a daemon with a `store` (vxsnd.registry.Store) and "
-                "`apply_batch(batch, now)`"
+                "the API needs a daemon with a `store` (vxsnd.registry.Store), "
+                "`apply_batch(batch, now)` and `node_id_conflicts(now)`"
             )
-        return cls(daemon.store, daemon.apply_batch)
+        return cls(daemon.store, daemon.apply_batch, daemon.node_id_conflicts)
 
     # ---- reads
 
@@ -310,4 +315,15 @@ def node_detail_json(d: NodeDetail) -> Json:
             }
             for v in d.vnis
         ],
+    }
+
+
+def conflict_json(c: NodeIdConflict) -> Json:
+    return {
+        "node_id": c.node_id,
+        "holder": c.holder,
+        "claimant": c.claimant,
+        "first_refused": c.first_refused,
+        "last_refused": c.last_refused,
+        "refused": c.refused,
     }

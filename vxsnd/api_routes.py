@@ -121,6 +121,11 @@ async def list_nodes(request: web.Request) -> web.Response:
     return json_response({"nodes": [reg.node_summary_json(n) for n in nodes]})
 
 
+async def list_conflicts(request: web.Request) -> web.Response:
+    conflicts = _state(request).backend.conflicts(time.time())
+    return json_response({"conflicts": [reg.conflict_json(c) for c in conflicts]})
+
+
 async def get_node(request: web.Request) -> web.Response:
     node_id = rest.node_from_path(request.match_info["node"])
     detail = await _state(request).backend.node(node_id)
@@ -229,6 +234,16 @@ ROUTES: Final[tuple[Route, ...]] = (
         Access.READ,
         {200: ("the agent", rest.NODE_DETAIL_SCHEMA)},
         params={"node": rest.NODE_ID_SCHEMA},
+    ),
+    Route(
+        "GET",
+        "/v1/conflicts",
+        list_conflicts,
+        "list_conflicts",
+        "Node-id conflicts this service node refused in the last 10 minutes: a second "
+        "live agent claiming a node id another one holds (the holder keeps it)",
+        Access.READ,
+        {200: ("the refused claimants", rest.CONFLICT_LIST_SCHEMA)},
     ),
     Route(
         "GET",

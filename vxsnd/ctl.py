@@ -8,6 +8,7 @@
     vxsndctl export [static.txt]       write every static VTEP in the import format
     vxsndctl nodes                     registered agents
     vxsndctl node hv-12                one agent, per-VNI applied generation
+    vxsndctl conflicts                 node ids claimed by two live agents (who was refused)
 
 Tables for people, `--json` for scripts (the API's JSON, unchanged). The
 global flags (--api, --token, --json ...) go before or after the command. Any
@@ -162,6 +163,26 @@ async def _node(args: argparse.Namespace, client: Client, now: float) -> str:
     return "\n".join(lines)
 
 
+async def _conflicts(args: argparse.Namespace, client: Client, now: float) -> str:
+    data = await client.request("GET", ["v1", "conflicts"])
+    if args.json:
+        return _json(data)
+    rows = [
+        (
+            c["node_id"],
+            c["holder"],
+            c["claimant"],
+            c["refused"],
+            ago(c["first_refused"], now),
+            ago(c["last_refused"], now),
+        )
+        for c in data["conflicts"]
+    ]
+    if not rows:
+        return "no node-id conflicts in the last 10 minutes"
+    return table(["NODE", "HELD BY", "REFUSED", "ROUNDS", "FIRST", "LAST"], rows)
+
+
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace, Client, float], Awaitable[str]]]] = {
     "vnis": _vnis,
     "vni": _vni,
@@ -171,6 +192,7 @@ COMMANDS: Final[dict[str, Callable[[argparse.Namespace, Client, float], Awaitabl
     "export": _export,
     "nodes": _nodes,
     "node": _node,
+    "conflicts": _conflicts,
 }
 
 
@@ -318,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("nodes", "list registered agents")
     s = command("node", "show one agent")
     s.add_argument("node")
+    command("conflicts", "node ids two live agents claim: who holds each, who was refused")
     return p
 
 

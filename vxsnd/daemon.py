@@ -34,6 +34,7 @@ from vxflood.schema.wire import Codec
 from vxsnd import registry as store_mod
 from vxsnd.ageing import run_sweeper
 from vxsnd.config import Config
+from vxsnd.conflicts import Conflict
 from vxsnd.engine import Engine, Settings
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff
@@ -98,6 +99,10 @@ class Daemon:
 
     async def on_static_change(self, result: store_mod.BatchResult) -> None:
         self.engine.absorb_external(result)
+
+    def node_id_conflicts(self, now: float) -> list[Conflict]:
+        """What the REST API lists (vxsnd.conflicts): none before the engine runs."""
+        return [] if self._engine is None else self._engine.core.conflicts.current(now)
 
     def stop(self) -> None:
         """Ask the daemon to shut down (what SIGTERM does)."""

@@ -210,7 +210,9 @@ class Registrations:
         joined = sorted(set(new.vnis) - set(old.vnis if old else ()))
         if registered:
             self.metrics.registrations.inc()
-            log.info("register node=%s at %s vnis=%s", new.node_id, new.addr[0], _short(joined))
+            log.info(
+                "register node=%s at %s vnis=%s", new.node_id, new.addr[0], _short(list(new.vnis))
+            )
         elif p.full and (joined or gone):
             self.metrics.registrations.inc()
             if joined and old is not None:

@@ -7,17 +7,32 @@ own state directory under tmp_path, as a fresh install on a cloned image would b
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contrib.lab.topology import Host
-from tests.e2e.conftest import RunInNs
-from tests.e2e.test_flood import MakeLab, Overlay, assert_floods, wait_mesh
+from tests.e2e.conftest import RunInNs, wait_until
+from tests.e2e.test_flood import (
+    API_PORT,
+    START,
+    FdbWatch,
+    MakeLab,
+    Overlay,
+    assert_floods,
+    flood_lists,
+    wait_mesh,
+)
 from vxrd.identity import NODE_ID_FILE, host_prefix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+HOLD = 9  # seconds: refreshes every 3 s, so the takeover is quick to watch
 
 
 class DefaultIdOverlay(Overlay):
@@ -54,3 +69,94 @@ def test_five_hosts_sharing_a_host_name_without_node_id_reach_a_full_mesh(
     ov.start_vxrd(h1)
     assert ov.status(h1)["node_id"] == ids[h1.name]
     wait_mesh(lab, 100, lab.hosts)
+
+
+class SharedIdOverlay(Overlay):
+    """Every host but the last forced to one `--node-id` (a copied config)."""
+
+    def identity_args(self, host: Host) -> list[str]:
+        shared = host is not self.lab.hosts[-1]
+        return ["--node-id", f"{self.lab.prefix}-shared" if shared else host.name]
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """`vxsndctl conflicts --json`, run where the API listens."""
+        out = self.lab.service.exec(
+            [
+                *(sys.executable, "-m", "vxsnd.ctl"),
+                *("--api", f"http://127.0.0.1:{API_PORT}", "--json", "conflicts"),
+            ],
+            timeout=30.0,
+        )
+        data: list[dict[str, Any]] = json.loads(out.stdout)["conflicts"]
+        return data
+
+    def conflict_count(self) -> float:
+        """`vxsnd_node_id_conflicts_total` from vxsnd's /metrics."""
+        url = f"http://127.0.0.1:{API_PORT}/metrics"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+        text = self.lab.service.exec([sys.executable, "-c", code], timeout=30.0).stdout
+        (line,) = [x for x in text.splitlines() if x.startswith("vxsnd_node_id_conflicts_total")]
+        return float(line.split()[1])
+
+    def conflict(self, host: Host) -> dict[str, Any] | None:
+        """`vxrdctl status`: the host's conflict, and its exit status agrees (4 or 0)."""
+        proc = self.ctl(host, "status", check=False)
+        data = json.loads(proc.stdout)
+        (server,) = data["servers"]
+        conflict: dict[str, Any] | None = server["conflict"]
+        assert proc.returncode == (4 if conflict else 0), (proc.returncode, conflict)
+        return conflict
+
+
+def test_two_hosts_forced_to_one_node_id_the_first_keeps_it_the_second_takes_over(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 10: h1 holds the node id with no fdb flap anywhere; h2 is refused and says
+    so in `vxrdctl status` (exit 4), vxsnd counts and lists it; h1 stops and h2 takes
+    the id over within one hold time. And `vxrdctl leave` (a withdrawal) hands it over
+    at h2's next refresh."""
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, h3 = lab.hosts
+    ov = SharedIdOverlay(lab, run_in_ns, tmp_path, hold_time=HOLD)
+    ov.start([h1, h3])
+    wait_mesh(lab, 100, [h1, h3])
+    watch = FdbWatch(run_in_ns, [h1, h3], 100)
+    watch.start()
+
+    ov.start_vxrd(h2, wait=False)  # its status exits 4 (the conflict), not 0
+    conflict = wait_until(lambda: ov.conflict(h2), timeout=START, what="h2 refused")
+    assert conflict["holder"] == h1.underlay and conflict["reason"] == "node-id-conflict"
+    time.sleep(HOLD / 3 + 1)  # a refresh of each: h2 is refused again, h1 stays
+    (listed,) = ov.conflicts()
+    assert (listed["node_id"], listed["holder"], listed["claimant"]) == (
+        f"{lab.prefix}-shared",
+        h1.underlay,
+        h2.underlay,
+    )
+    assert listed["refused"] >= 2
+    assert ov.conflict_count() >= listed["refused"]
+    assert watch.zero_events() == {}  # no flood entry changed on h1 or h3
+    assert flood_lists(lab, 100, [h1, h2, h3]) == {
+        h1.name: {h3.underlay},
+        h2.name: set(),
+        h3.name: {h1.underlay},
+    }
+    assert ov.conflict(h1) is None
+    assert "node-id-conflict" in ov.vxrd[h2].log() or "refuses node id" in ov.vxrd[h2].log()
+
+    # h1 stops (SIGTERM keeps its registration, fail-static, until its hold time runs
+    # out): h2, told when that is, takes the id over then
+    stopped = time.monotonic()
+    assert ov.vxrd[h1].stop() == 0
+    wait_mesh(lab, 100, [h2, h3], timeout=HOLD)
+    took = time.monotonic() - stopped
+    assert ov.conflict(h2) is None
+    assert_floods(lab, 100, [h2, h3])
+    print(f"h2 took the node id over {took:.2f} s after h1 stopped (hold time {HOLD} s)")
+
+    ov.start_vxrd(h1, wait=False)  # h1 again, now the refused one
+    wait_until(lambda: ov.conflict(h1), timeout=START, what="h1 refused")
+    left = time.monotonic()
+    ov.ctl(h2, "leave")
+    wait_mesh(lab, 100, [h1, h3], timeout=HOLD)
+    print(f"h1 took it back {time.monotonic() - left:.2f} s after h2 left")

@@ -32,6 +32,7 @@ from vxflood.schema.wire import (
     Codec,
     Envelope,
     Membership,
+    Refusal,
     Register,
     Rejected,
     Sequencer,
@@ -124,14 +125,18 @@ class Agent(asyncio.DatagramProtocol):
         # members per VNI: Address objects, or packed bytes in fast mode
         self.members: dict[int, set[Any]] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self.refusals: list[Refusal] = []  # register rounds the server refused
 
     @classmethod
-    async def create(cls, node_id: str, server: Addr, **kw: object) -> Agent:
+    async def create(
+        cls, node_id: str, server: Addr, host: str = "127.0.0.1", **kw: object
+    ) -> Agent:
+        """`host`: the loopback address to send from (127.0.0.0/8: a "different host")."""
         loop = asyncio.get_running_loop()
         agent = cls(node_id, server, **kw)  # type: ignore[arg-type]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # snapshot bursts
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         await loop.create_datagram_endpoint(lambda: agent, sock=sock)
         return agent
 
@@ -202,6 +207,9 @@ class Agent(asyncio.DatagramProtocol):
             msg: object = fast_decode(data) if self.fast else self.codec.decode(data)
         except (Rejected, ValueError, KeyError, TypeError):
             self.stats.rejected += 1
+            return
+        if isinstance(msg, Refusal):
+            self.refusals.append(msg)
             return
         if not isinstance(msg, Membership | RawMembership):
             self.stats.rejected += 1

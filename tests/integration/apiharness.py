@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from tests.conftest import POSTGRES_URL, require_postgres
 from vxsnd import registry as st
 from vxsnd.api import bound_port, start_api
+from vxsnd.conflicts import Conflict
 
 ADMIN_TOKEN = "admin-" + secrets.token_hex(16)
 READ_TOKEN = "read-" + secrets.token_hex(16)
@@ -38,12 +39,16 @@ class Harness:
     store: st.Store
     metrics: FakeMetrics = field(default_factory=FakeMetrics)
     changes: list[st.BatchResult] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)  # what the core would list
 
     async def apply_batch(self, batch: st.Batch, now: float) -> st.BatchResult:
         result = await self.store.apply(batch, now)
         if result.changed:
             self.changes.append(result)
         return result
+
+    def node_id_conflicts(self, now: float) -> list[Conflict]:
+        return list(self.conflicts)
 
 
 def write_tokens(directory: Path) -> Path:

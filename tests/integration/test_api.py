@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from vxsnd import api
 from vxsnd import registry as st
 from vxsnd.api import ApiConfigError, build_app, check_bind
 from vxsnd.api_backend import Backend
+from vxsnd.conflicts import Conflict
 from vxsnd.daemon import Daemon
 from vxsnd.openapi import build_document
 from vxsnd.tokens import Tokens
@@ -229,6 +232,9 @@ async def test_changes_take_the_daemons_batch_path(
         async def apply_batch(self, batch: st.Batch, now: float) -> st.BatchResult:
             seen.append(batch)
             return await store.apply(batch, now)
+
+        def node_id_conflicts(self, now: float) -> list[Conflict]:
+            return []
 
     async with serve(Daemon()) as base:
         status, _ = await call(session, "PUT", f"{base}/v1/vnis/5/vteps/192.0.2.5")
@@ -522,3 +528,54 @@ async def test_api_service_hook(
         assert status == 200 and data == {"status": "ok"}
     with pytest.raises(aiohttp.ClientConnectionError):
         await call(session, "GET", f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_a_node_id_conflict_is_refused_on_the_wire_and_listed(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Issue 10: a second live agent claiming hv-1 from another address gets a
+    Refusal naming the holder; /v1/conflicts, vxsndctl and /metrics show it."""
+    async with running(make_config(sqlite_url(tmp_path))) as daemon:
+        runner = await api.start_api(daemon, "127.0.0.1", 0, None)
+        base = f"http://127.0.0.1:{api.bound_port(runner)}"
+        holder = await Agent.create("hv-1", server_addr(daemon))
+        clone = await Agent.create("hv-1", server_addr(daemon), host="127.0.0.2")
+        try:
+            holder.register({100: ipaddress.ip_address("192.0.2.1")})
+            await wait_until(lambda: 100 in holder.members, 5, "the holder's membership")
+            clone.register({100: ipaddress.ip_address("192.0.2.2")})
+            clone.register({100: ipaddress.ip_address("192.0.2.2")})
+            await wait_until(lambda: len(clone.refusals) == 2, 5, "two refusals")
+            assert {(r.reason, str(r.holder)) for r in clone.refusals} == {
+                ("node-id-conflict", "127.0.0.1")
+            }
+            assert 0 < clone.refusals[0].expires_in <= 90 and clone.members == {}
+            status, data = await call(session, "GET", f"{base}/v1/conflicts")
+            assert status == 200
+            (listed,) = data["conflicts"]
+            assert (listed["node_id"], listed["holder"], listed["claimant"]) == (
+                "hv-1",
+                "127.0.0.1",
+                "127.0.0.2",
+            )
+            assert listed["refused"] == 2
+            status, text = await call(session, "GET", f"{base}/metrics")
+            assert "vxsnd_node_id_conflicts_total 2.0" in text
+            status, node = await call(session, "GET", f"{base}/v1/nodes/hv-1")
+            assert node["address"] == "127.0.0.1"  # the first keeps it
+            ctl = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "vxsnd.ctl", "--api", base, "conflicts"),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await ctl.communicate()
+            assert ctl.returncode == 0
+            assert out.decode().splitlines()[1].split()[:4] == [
+                "hv-1",
+                "127.0.0.1",
+                "127.0.0.2",
+                "2",
+            ]
+        finally:
+            holder.close()
+            clone.close()
+            await runner.cleanup()

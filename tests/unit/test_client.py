@@ -13,13 +13,14 @@ from vxflood.schema.wire import (
     Codec,
     Envelope,
     Membership,
+    Refusal,
     Register,
     Sequencer,
     address,
     split_membership,
 )
 from vxrd.answers import ASSEMBLY_TIMEOUT, Outcome, ServerState, counting, union_members
-from vxrd.client import RENEW_AFTER, ServerClient
+from vxrd.client import RENEW_AFTER, RETRY_AFTER_EXPIRY, ServerClient
 from vxrd.config import ServerAddr
 
 A, B, C, D = (address(f"10.0.0.{i}") for i in range(1, 5))
@@ -331,6 +332,38 @@ def test_unanswered_rounds_bring_a_new_incarnation_once_per_streak() -> None:
     # the new incarnation is answered: a later streak renews again
     c.feed(Codec().encode(Ack(seq.next(), "r1", ())), "192.0.2.1", seq._clock(), 0.0)
     assert asyncio.run(rounds(RENEW_AFTER + 1))[-1] is True and c.renewals == 2
+
+
+def test_a_refusal_is_an_answer_that_names_the_holder_until_a_round_is_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10: the server refuses our node id (another live agent holds it): logged at
+    ERROR with the holder's address, shown, no new incarnation for it (that would not
+    help), retried when the holder's registration runs out; an Ack ends it."""
+    c, _ = _client()
+    seq = Sequencer("snd")
+    codec = Codec()
+
+    def refusal(expires_in: int) -> bytes:
+        return codec.encode(
+            Refusal(seq.next(), "r1", "node-id-conflict", address("192.0.2.50"), expires_in)
+        )
+
+    for n in range(RENEW_AFTER + 2):
+        asyncio.run(c.send_register({100: A}, 90))
+        with caplog.at_level(logging.ERROR, "vxrd.client"):
+            out = c.feed(refusal(80), "192.0.2.1", seq._clock(), 10.0 + n, WANT)
+        assert out.ignored == "node-id-conflict" and not out.dropped and not out.changed
+    assert c.answered and c.unanswered == 0 and c.renewals == 0
+    r = c.refused
+    assert r is not None and (r.holder, r.reason, r.count) == ("192.0.2.50", "node-id-conflict", 5)
+    assert r.retry_at == 10.0 + RENEW_AFTER + 1 + 80 + RETRY_AFTER_EXPIRY
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert len(errors) == 3  # refusals 1, 2 and 4: rate-limited
+    assert "refuses node id node " in errors[0] and "192.0.2.50" in errors[0]
+    assert c.feed(refusal(80), "192.0.2.9", seq._clock(), 20.0, WANT).dropped  # not the server
+    c.feed(codec.encode(Ack(seq.next(), "r1", ())), "192.0.2.1", seq._clock(), 30.0, WANT)
+    assert c.refused is None and c.answered
 
 
 def test_source_check_matches_the_resolved_server_cheaply() -> None:

@@ -70,9 +70,7 @@ def step(
 
 
 class Agent:
-    def __init__(
-        self, name: str, port: int, host: str = "127.0.0.1", incarnation: int = 7
-    ) -> None:
+    def __init__(self, name: str, port: int, host: str = "127.0.0.1", incarnation: int = 7) -> None:
         self.now = T0  # the agent's clock, for its envelopes
         self.seq = Sequencer(name, incarnation=incarnation, clock=lambda: self.now)
         self.addr = (host, port)
@@ -360,7 +358,7 @@ def conflict_lab() -> tuple[Core, FakeRegistry, Agent, Agent, Agent]:
 
 
 def test_a_second_live_agent_claiming_a_node_id_is_refused_and_the_first_keeps_it() -> None:
-    core, reg, a, b, clone = conflict_lab()
+    core, reg, a, _, clone = conflict_lab()
     gens = dict(reg.gens)
     for attempt in (1, 2):
         clone.send(core, clone.register({100: "10.0.0.9"}), T0 + attempt)
@@ -384,7 +382,7 @@ def test_a_second_live_agent_claiming_a_node_id_is_refused_and_the_first_keeps_i
 
 
 def test_the_refused_agent_takes_over_once_the_holder_expires_or_withdraws() -> None:
-    core, reg, a, b, clone = conflict_lab()
+    core, reg, a, _, clone = conflict_lab()
     clone.send(core, clone.register({100: "10.0.0.9"}), T0 + 1)
     step(core, reg, T0 + 1)
     clone.now = T0 + 91
@@ -394,7 +392,7 @@ def test_the_refused_agent_takes_over_once_the_holder_expires_or_withdraws() -> 
     assert reg.regs["a"].reg.incarnation == 8 and core.conflicts.current(T0 + 91) == []
     assert core.metrics.value("vxsnd_node_id_conflicts_total") == 1
 
-    core, reg, a, b, clone = conflict_lab()
+    core, reg, a, _, clone = conflict_lab()
     a.send(core, a.register({}, hold=0), T0 + 1)  # a clean stop
     step(core, reg, T0 + 1)
     clone.send(core, clone.register({100: "10.0.0.9"}), T0 + 1)
@@ -403,7 +401,7 @@ def test_the_refused_agent_takes_over_once_the_holder_expires_or_withdraws() -> 
 
 
 def test_a_new_incarnation_from_the_holders_address_is_a_restart_not_a_conflict() -> None:
-    core, reg, a, b, _ = conflict_lab()
+    core, reg, *_ = conflict_lab()
     restarted = Agent("a", 1009, incarnation=9)  # same host, new process, new port
     restarted.send(core, restarted.register({100: "10.0.0.1"}), T0 + 5)
     out = step(core, reg, T0 + 5)

@@ -18,13 +18,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from vxflood.schema.rest import ERROR_SCHEMA, VNI_SCHEMA, Json
+from vxsnd.conflicts import Conflict
 from vxsnd.openapi import Access, Route
 from vxsnd.registry import Store
 from vxsnd.web import handlers as h
@@ -133,10 +134,15 @@ def basic_token(request: web.Request) -> str | None:
     return password if colon and password else None
 
 
-def setup(app: web.Application, store: Store, metrics: CollectorRegistry | None) -> None:
+def setup(
+    app: web.Application,
+    store: Store,
+    metrics: CollectorRegistry | None,
+    conflicts: Callable[[float], list[Conflict]] = lambda _now: [],
+) -> None:
     """Give `app` what the page routes need; the monitor runs while the app does."""
     monitor = Monitor(store, metrics)
-    app[h.PAGE] = h.PageState(store, monitor, h.environment())
+    app[h.PAGE] = h.PageState(store, monitor, h.environment(), conflicts)
 
     async def monitor_task(_app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(monitor.run())

@@ -24,6 +24,7 @@ from vxflood.schema import rest
 from vxflood.schema.rest import Json
 from vxsnd import api_backend as reg
 from vxsnd import registry as st
+from vxsnd.conflicts import Conflict
 from vxsnd.web import model
 from vxsnd.web.monitor import WINDOWS, Monitor
 
@@ -53,6 +54,8 @@ class PageState:
     store: st.Store
     monitor: Monitor
     env: jinja2.Environment
+    # the node-id conflicts the daemon refused (vxsnd.conflicts), as of `now`
+    conflicts: Callable[[float], list[Conflict]] = lambda _now: []
     _cache: tuple[int, model.Overview] | None = field(default=None, repr=False)
 
     async def overview(self) -> tuple[model.Snapshot, model.Overview]:
@@ -187,6 +190,7 @@ def _overview_parts(
         "rejected": _macro(env, "rejected", rejected, since, now),
         "registry": _macro(env, "registry", _registry_info(state.store, snap), now),
         "service-nodes": _macro(env, "service_nodes", _service_nodes(state, snap), now),
+        "conflicts": _macro(env, "conflicts", state.conflicts(now), now),
     }
 
 
