@@ -20,18 +20,32 @@ Nothing in a datagram may make the guard costly or turn it against the sender:
   never for the rest of the incarnation. A true replay is stamped earlier than
   the top and stays refused.
 - At most `MAX_INCARNATIONS` windows per sender and `max_senders` in all.
+
+A receiver that restarts takes up where it was with `marks()` (kept somewhere
+that outlives the process) and `remember()`: vxsnd keeps them in the registry,
+vxrd in its state directory (vxrd.marks).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 WINDOW_BITS = 64
 _MASK = (1 << WINDOW_BITS) - 1
 MAX_AHEAD = 1 << 20  # sequence numbers a sender may use between two datagrams we see
 MAX_RATE = 1_000_000  # ... plus this many per second since we last accepted one
 MAX_INCARNATIONS = 4  # windows kept per sender id (restarts in quick succession)
+
+
+class Mark(NamedTuple):
+    """The top of one sender incarnation's window: what `remember` takes up."""
+
+    sender: str
+    incarnation: int
+    seq: int
+    time_ms: int
 
 
 @dataclass(slots=True)
@@ -49,6 +63,7 @@ class ReplayGuard:
         self.max_senders = max_senders
         self._windows: OrderedDict[tuple[str, int], _Window] = OrderedDict()
         self._incarnations: dict[str, list[int]] = {}
+        self.accepted = 0  # datagrams accepted so far: moved when the marks may have
 
     def check(
         self, sender: str, incarnation: int, seq: int, time_ms: int, now: float
@@ -62,12 +77,14 @@ class ReplayGuard:
         if win is None:
             self._prune(now)
             self._add(key, _Window(seq, time_ms, 1, now))
+            self.accepted += 1
             return None
         self._windows.move_to_end(key)
         if seq > win.highest:
             if seq - win.highest > MAX_AHEAD + MAX_RATE * max(0.0, now - win.accepted):
                 return "ahead"
             _advance(win, seq, time_ms, now)
+            self.accepted += 1
             return None
         if win.highest - seq >= WINDOW_BITS:
             if time_ms <= win.highest_ms:
@@ -78,13 +95,25 @@ class ReplayGuard:
             win.highest_ms, win.prior = time_ms, None
             if seq > win.highest:
                 _advance(win, seq, time_ms, now)
+                self.accepted += 1
                 return None
         offset = win.highest - seq
         if offset >= WINDOW_BITS or win.bitmap & (1 << offset):
             return "replay"
         win.bitmap |= 1 << offset
         win.accepted = now
+        self.accepted += 1
         return None
+
+    def marks(self, now: float) -> list[Mark]:
+        """The top of every window used within the time window: all a restarted
+        receiver needs (anything older is `stale` by its timestamp anyway)."""
+        horizon = now - self.window_seconds
+        return [
+            Mark(sender, incarnation, w.highest, w.highest_ms)
+            for (sender, incarnation), w in self._windows.items()
+            if w.accepted >= horizon
+        ]
 
     def remember(self, sender: str, incarnation: int, seq: int, time_ms: int, now: float) -> None:
         """Take up what an earlier process accepted (kept in the registry): every

@@ -34,6 +34,7 @@ from vxflood.schema.wire import Codec
 from vxrd.answers import ServerState
 from vxrd.client import ServerClient
 from vxrd.config import Config
+from vxrd.marks import Keeper
 from vxrd.metrics import Metrics
 from vxrd.mirror import FloodMirror
 from vxrd.model import (
@@ -85,6 +86,8 @@ class Agent:
             self.client_class(s, node_id, self.codec, self.datagram) for s in config.servers
         ]
         self._index = {id(c): i for i, c in enumerate(self.clients)}
+        # the replay guards' marks, kept across restarts in the state directory
+        self.marks = Keeper(config.state_dir, [c.guard for c in self.clients])
         self.states: list[ServerState] = [c.state for c in self.clients]
         self.metrics.watch_contacts(lambda: [(c.name, c.last_contact) for c in self.clients])
         self.registrar = Registrar(
@@ -128,6 +131,8 @@ class Agent:
         """Open the kernel, start the clients, discover devices and register."""
         await self.kernel.open()
         try:
+            if self.marks.load():
+                log.debug("replay marks taken up from %s", self.marks.path)
             for c in self.clients:
                 await c.start()
             await self.rescan()
@@ -144,6 +149,7 @@ class Agent:
                 tg.create_task(self.registrar.run(), name="vxrd-registrar"),
                 tg.create_task(every(self.config.refresh_interval, self.registrar.all)),
                 tg.create_task(every(self.config.reconcile_interval, self._tick)),
+                tg.create_task(self.marks.run(), name="vxrd-marks"),
             ]
             tasks += [
                 tg.create_task(self.registrar.retry(c), name=f"vxrd-retry-{c.name}")
@@ -154,6 +160,7 @@ class Agent:
                 t.cancel()
         if self.config.flush_on_exit and self.left is None:
             await self.leave()
+        self.marks.save()
 
     async def close(self) -> None:
         for c in self.clients:

@@ -170,7 +170,8 @@ TABLE = opt.OptionTable(
             "state_dir",
             opt.parse_path,
             "DIR",
-            "directory where vxrd keeps its node id across restarts",
+            "directory where vxrd keeps state across restarts: its node id (node-id) "
+            "and its replay marks (replay-marks, only if the directory exists)",
             DEFAULT_STATE_DIR,
         ),
         opt.Option(
