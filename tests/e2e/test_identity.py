@@ -8,6 +8,7 @@ own state directory under tmp_path, as a fresh install on a cloned image would b
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -20,6 +21,7 @@ from contrib.lab.topology import Host
 from tests.e2e.conftest import RunInNs, wait_until
 from tests.e2e.test_flood import (
     API_PORT,
+    PORT,
     START,
     FdbWatch,
     MakeLab,
@@ -160,3 +162,81 @@ def test_two_hosts_forced_to_one_node_id_the_first_keeps_it_the_second_takes_ove
     ov.ctl(h2, "leave")
     wait_mesh(lab, 100, [h1, h3], timeout=HOLD)
     print(f"h1 took it back {time.monotonic() - left:.2f} s after h2 left")
+
+
+FORGE = """
+import socket, sys
+from vxflood.schema.keys import Keyring
+from vxflood.schema.wire import Codec, Register, Sequencer, VniEntry, address
+key_file, server, port, me, other, other_vtep = sys.argv[1:]
+codec = Codec(Keyring.load(key_file))
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+tries = [
+    (other, 90, [VniEntry(100, address(other_vtep))]),  # my key, the other's node id
+    (me, 90, [VniEntry(100, address(other_vtep))]),  # my node id, the other's VTEP
+    (other, 0, []),  # my key withdrawing the other
+]
+for node_id, hold, entries in tries:
+    msg = Register(Sequencer(node_id).next(), hold, "", 1, 0, 1, tuple(entries))
+    sock.sendto(codec.encode(msg), (server, int(port)))
+"""
+
+
+class KeyedOverlay(Overlay):
+    """Per-host keys, each bound to its host's node id and VTEP (nodes=, vteps=)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        secrets_ = {h.name: os.urandom(32).hex() for h in self.lab.hosts}
+        server = os.urandom(32).hex()
+        lines = [f"sn {server}"] + [
+            f"{h.name[-2:]} {secrets_[h.name]} nodes={h.name} vteps={h.underlay}/32"
+            for h in self.lab.hosts
+        ]
+        self.vxsnd_args = ["--key-file", str(self._write("sn.keys", lines))]
+        self.key_files = {
+            h: self._write(f"{h.name}.keys", [f"{h.name[-2:]} {secrets_[h.name]}", f"sn {server}"])
+            for h in self.lab.hosts
+        }
+
+    def _write(self, name: str, lines: list[str]) -> Path:
+        path = self.tmp_path / name
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def identity_args(self, host: Host) -> list[str]:
+        return ["--node-id", host.name, "--key-file", str(self.key_files[host])]
+
+    def rejected(self, reason: str) -> float:
+        url = f"http://127.0.0.1:{API_PORT}/metrics"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+        text = self.lab.service.exec([sys.executable, "-c", code], timeout=30.0).stdout
+        want = f'vxsnd_rejected_datagrams_total{{reason="{reason}"}}'
+        return sum(float(x.split()[1]) for x in text.splitlines() if x.startswith(want))
+
+
+def test_a_bound_host_key_cannot_speak_for_another_host(
+    lab_factory: MakeLab, run_in_ns: RunInNs, tmp_path: Path
+) -> None:
+    """Issue 10: with per-host keys, h1's key (a stolen one, or a host gone rogue)
+    cannot register as h2, claim h2's VTEP or withdraw h2: each is dropped and
+    counted as not-allowed, and no flood entry changes on any host."""
+    lab = lab_factory(hosts=3, vnis=[100])
+    h1, h2, _ = lab.hosts
+    ov = KeyedOverlay(lab, run_in_ns, tmp_path)
+    ov.start()
+    wait_mesh(lab, 100, lab.hosts)
+    watch = FdbWatch(run_in_ns, lab.hosts, 100)
+    watch.start()
+    h1.exec(
+        [
+            *(sys.executable, "-c", FORGE, str(ov.key_files[h1]), lab.service_addr),
+            *(str(PORT), h1.name, h2.name, h2.underlay),
+        ]
+    )
+    wait_until(lambda: ov.rejected("not-allowed"), timeout=5.0, what="drops", expect=3.0)
+    time.sleep(0.5)  # anything the forgeries would have pushed has arrived by now
+    assert watch.zero_events() == {}
+    wait_mesh(lab, 100, lab.hosts, timeout=1.0)
+    assert_floods(lab, 100, lab.hosts)
