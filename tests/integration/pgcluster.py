@@ -82,8 +82,38 @@ class Cluster:
         log = str(self.data / "server.log")
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
 
-    def stop(self) -> None:
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """`mode` "immediate": a crash (no checkpoint, no goodbye to clients)."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def clone_standby(self, primary: Cluster) -> None:
+        """Make this cluster a streaming replica of `primary` (pg_basebackup -R: a
+        base backup that starts as a hot standby following it)."""
+        os.chown(self.data, self._user.pw_uid, self._user.pw_gid)
+        self._run(
+            _bin("pg_basebackup"),
+            *("-D", str(self.data), "-h", "127.0.0.1", "-p", str(primary.port)),
+            *("-U", "postgres", "-R", "-X", "stream"),
+        )
+
+    def promote(self) -> None:
+        """Make a standby the primary (what a failover manager such as Patroni does)."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-w", "promote")
+
+
+@contextlib.contextmanager
+def replicated_pair() -> Iterator[tuple[Cluster, Cluster]]:
+    """A private primary and a hot standby streaming from it, both on loopback."""
+    with private_cluster() as primary:
+        standby = Cluster()
+        try:
+            standby.clone_standby(primary)
+            standby.start()
+            yield primary, standby
+        finally:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                standby.stop()
+            shutil.rmtree(standby.data, ignore_errors=True)
 
 
 @contextlib.contextmanager

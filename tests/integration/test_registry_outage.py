@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.integration.agent_sim import Agent, wait_until
-from tests.integration.pgcluster import Cluster, private_cluster
+from tests.integration.pgcluster import Cluster, private_cluster, replicated_pair
 from tests.integration.vxsnd_harness import make_config, running, server_addr
 from vxsnd.daemon import Daemon
 
@@ -122,3 +122,53 @@ def test_the_private_cluster_restarts_on_its_port() -> None:
         pg.stop()
         pg.start()
         assert pg.port == port and f":{port}/" in pg.url
+
+
+def failover_url(primary: Cluster, standby: Cluster) -> str:
+    """Both servers in one URL; connections go to whichever takes writes."""
+    hosts = "&".join(f"host=127.0.0.1:{c.port}" for c in (primary, standby))
+    return f"postgresql+asyncpg://postgres@/postgres?{hosts}&target_session_attrs=read-write"
+
+
+async def test_after_a_failover_vxsnd_writes_to_the_promoted_standby_without_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 14 item 4: a primary and its streaming standby in one multi-host URL;
+    the primary crashes, the standby is promoted (as Patroni would), and the same
+    vxsnd, not restarted, takes the next join into the new primary and pushes it.
+    No flood list loses a member on the way."""
+    caplog.set_level(logging.INFO, "vxsnd.registry")
+    with replicated_pair() as (primary, standby):
+        cfg = make_config(failover_url(primary, standby), registry_poll=0.2)
+        async with running(cfg) as daemon:
+            addr = server_addr(daemon)
+            group = [await Agent.create(f"hv-{i}", addr, hold_time=HOLD) for i in (1, 2)]
+            for i, a in enumerate(group, start=1):
+                a.register({VNI: vtep(i)})
+                a.start_refresh(HOLD / 3)
+            want = {vtep(1), vtep(2)}
+            await wait_until(lambda: all(a.members.get(VNI) == want for a in group), 10, "join")
+            registry = daemon.store.registry_id
+            shrinks = Shrinks(group)
+            async with watching(shrinks):
+                await asyncio.to_thread(primary.stop, "immediate")  # the crash
+                await asyncio.to_thread(standby.promote)
+                promoted = time.monotonic()
+                late = await Agent.create("hv-3", addr, hold_time=HOLD)
+                late.register({VNI: vtep(3)})
+                late.start_refresh(HOLD / 3)
+                want3 = {vtep(1), vtep(2), vtep(3)}
+                await wait_until(
+                    lambda: all(a.members.get(VNI) == want3 for a in [*group, late]),
+                    15,
+                    "the join after the failover converges",
+                )
+                took = time.monotonic() - promoted
+            assert shrinks.seen == [], shrinks.seen
+            assert daemon.store.registry_id == registry  # the same registry, replicated
+            assert daemon.metrics.value("vxsnd_expiries_total") == 0
+            node = await daemon.store.node("hv-3")
+            assert node is not None  # written to, and read back from, the new primary
+            print(f"a join after the failover converged {took:.2f} s after the promotion")
+            for a in [*group, late]:
+                a.close()

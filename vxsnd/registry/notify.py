@@ -108,7 +108,11 @@ async def follow(
         try:
             await _listen_once(url, registry_id, token, wake, link)
             delay = BACKOFF[0]  # the registry id changed: listen on its channel now
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except Exception as exc:
+            # anything connecting may raise, not only OSError and PostgresError: during a
+            # failover no host takes writes for a moment (TargetServerAttributeNotMatched),
+            # and this task must outlive that (the poll covers the gap; back-off, retry)
+            log.debug("registry notifications: listener failed", exc_info=True)
             link.lost(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF[1])
