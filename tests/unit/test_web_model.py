@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from vxsnd import registry as st
+from vxsnd.conflicts import Conflict
+from vxsnd.web import handlers as h
 from vxsnd.web import model
 from vxsnd.web.monitor import Rejected
 
@@ -139,3 +141,13 @@ def test_patch_replaces_only_the_vnis_read() -> None:
     gone = model.patch(again, [model.VniRead(300, 0, [], [])], {"hv-b": None}, later + 6)
     assert [v.vni for v in gone.vnis] == [100, 200]
     assert "hv-b" not in {n.node_id for n in gone.nodes}
+
+
+def test_the_conflicts_part_lists_each_refused_claimant() -> None:
+    env = h.environment()
+    now = 1_764_000_000.0
+    rows = [Conflict("hv-7", "192.0.2.7", "192.0.2.8", now - 30, now - 2, 4)]
+    html = h._macro(env, "conflicts", rows, now)
+    assert 'href="/ui/nodes/hv-7"' in html and "192.0.2.7" in html and "192.0.2.8" in html
+    assert ">4<" in html
+    assert "No node-id conflict" in h._macro(env, "conflicts", [], now)
