@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from tests.unit.fake_registry import FakeRegistry
 from vxflood.schema.wire import (
     Ack,
@@ -20,6 +22,7 @@ from vxflood.schema.wire import (
     VniEntry,
     split_register,
 )
+from vxsnd import pushes as pushes_mod
 from vxsnd.metrics import Metrics
 from vxsnd.protocol import Core, NeedDelta, NeedSnapshot, Outgoing, Settings
 from vxsnd.push import Backoff
@@ -426,3 +429,25 @@ def test_a_holder_only_the_registry_knows_is_defended_by_the_registry() -> None:
     assert [m for m in (CODEC.decode(d) for d, _, _ in out) if not isinstance(m, Refusal)] == []
     assert reg.regs["a"].reg.incarnation == 7 and "a" not in restarted.nodes
     assert restarted.metrics.value("vxsnd_node_id_conflicts_total") == 1
+
+
+def test_a_step_plans_a_bounded_number_of_pushes_and_the_next_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11: a storm's pushes go out over several steps of at most STEP_DATAGRAMS,
+    not all at once (memory held by one step, a burst no receiver absorbs)."""
+    monkeypatch.setattr(pushes_mod, "STEP_DATAGRAMS", 4)
+    core, reg = make()
+    agents = [Agent(f"h{i}", 2000 + i) for i in range(10)]
+    for i, agent in enumerate(agents):
+        agent.send(core, agent.register({100: f"10.0.0.{i + 1}"}))
+    out = step(core, reg, T0)
+    first = [m for a in agents for m in pushes(out, a)]
+    assert len(first) == 4 and core.pushes.dirty  # the rest is still due
+    assert core.has_work(T0)
+    got = {a.addr for a in agents if pushes(out, a)}
+    for _ in range(5):
+        out = step(core, reg, T0)
+        assert len([m for a in agents for m in pushes(out, a)]) <= 4
+        got |= {a.addr for a in agents if pushes(out, a)}
+    assert got == {a.addr for a in agents} and not core.pushes.dirty
