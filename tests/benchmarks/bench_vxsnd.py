@@ -7,8 +7,11 @@ all register at once; the clock stops when every agent holds the full member
 set of every VNI it serves (it has applied and acked the final generation).
 
 Printed per scenario: time to convergence, datagrams each way (as counted by
-the agents), vxsnd CPU seconds used during the scenario (/proc/PID/stat
-utime+stime) and its peak RSS (/proc/PID/status VmHWM).
+the agents), the datagrams from vxsnd against the floor (every member learning
+every member's address, 1400-byte datagrams), vxsnd CPU seconds used during the
+scenario (/proc/PID/stat utime+stime), the simulator's own CPU seconds (this
+process: when it is near the wall time, the simulator is what is measured) and
+vxsnd's peak RSS (/proc/PID/status VmHWM).
 
 The agents decode with agent_sim.fast_decode (see there) so that thousands of
 simulated agents in one Python process measure vxsnd rather than the simulator.
@@ -68,6 +71,19 @@ class Result:
     cpu: float
     rss_mb: float
     converged: bool
+    sim_cpu: float = 0.0  # this process (the simulated agents) during the scenario
+    floor: int = 0  # datagrams the membership payload needs at least (see `floor`)
+
+
+def floor(members: dict[int, int], budget: int = 1400, addr: int = 4) -> int:
+    """Datagrams every member of every VNI needs to learn all members' addresses:
+    sum over VNIs of m * ceil(m * addr / budget) (issue 11's floor; IPv4 here)."""
+    return sum(m * -(-(m * addr) // budget) for m in members.values())
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port() -> int:
@@ -163,7 +179,7 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
                 on_change=lambda i=i: checker(i),
             )
         )
-    cpu0 = cpu_seconds(proc.pid)
+    cpu0, sim0 = cpu_seconds(proc.pid), self_cpu()
     start = time.perf_counter()
     for i, a in enumerate(agents):
         a.register(dict.fromkeys(serves[i], vtep(i)))
@@ -184,6 +200,8 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
         cpu,
         peak_rss_mb(proc.pid),
         converged,
+        self_cpu() - sim0,
+        floor(want),
     )
     for a in agents:
         a.close()
@@ -193,7 +211,7 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
 def table(results: list[Result], baseline: Result | None) -> str:
     head = (
         f"{'scenario':<24} {'converged':>10} {'vs base':>8} {'to vxsnd':>9} "
-        f"{'from vxsnd':>10} {'cpu s':>7} {'peak RSS':>9}  goal"
+        f"{'from vxsnd':>10} {'x floor':>7} {'cpu s':>7} {'sim cpu':>7} {'peak RSS':>9}  goal"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -206,7 +224,8 @@ def table(results: list[Result], baseline: Result | None) -> str:
             verdict = f"<{goal:g} s, <{RSS_GOAL_MB} MB: {'met' if ok else 'MISSED'}"
         lines.append(
             f"{r.scenario.label:<24} {t:>10} {ratio:>8} {r.to_vxsnd:>9} {r.from_vxsnd:>10} "
-            f"{r.cpu:>7.2f} {r.rss_mb:>6.0f} MB  {verdict}"
+            f"{r.from_vxsnd / r.floor if r.floor else 0:>6.2f}x "
+            f"{r.cpu:>7.2f} {r.sim_cpu:>7.2f} {r.rss_mb:>6.0f} MB  {verdict}"
         )
     return "\n".join(lines)
 
