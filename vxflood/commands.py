@@ -12,7 +12,7 @@ Exit status of vxsndctl and vxrdctl (documented in both --help texts and README)
 from __future__ import annotations
 
 import argparse
-from importlib import metadata
+from collections.abc import Sequence
 from typing import Any, Final
 
 DISTRIBUTION: Final = "vxflood"
@@ -30,16 +30,35 @@ CTL_EXIT_CODES: Final = (
 
 def version() -> str:
     """The installed distribution's version (what `pip show vxflood` says)."""
+    from importlib import metadata  # not at import: 15 ms of every daemon start
+
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, but the version is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        kwargs["default"] = argparse.SUPPRESS  # also under a parser's argument_default
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"{parser.prog} (vxflood) {version()}")  # stdout, as argparse's own
+        parser.exit()
+
+
 def add_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--version", action="version", version=f"{parser.prog} (vxflood) {version()}"
-    )
+    parser.add_argument("--version", action=_VersionAction)
 
 
 class GlobalFlags:
