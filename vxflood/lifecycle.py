@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -175,6 +176,11 @@ class Lifecycle:
             self.notifier.close()
 
     async def _serve(self, status: Callable[[], str]) -> None:
+        if self.last:
+            # what start-up built (modules, config, the registry's or kernel's first
+            # state) lives as long as the process: out of the collector's way, so a
+            # full collection no longer walks it while a push or a change waits
+            gc.freeze()
         self.ready.set()
         text = status()
         self.log.info("%s ready: %s", self.name, text)
