@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
+import multiprocessing
 import os
 import resource
 import signal
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tests.integration.agent_sim import Agent
@@ -134,11 +137,13 @@ async def start_vxsnd(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes]
     return proc, log
 
 
-async def run_scenario(sc: Scenario, limit: float) -> Result:
+async def run_scenario(sc: Scenario, limit: float, procs: int = 1) -> Result:
     with tempfile.TemporaryDirectory(prefix="vxsnd-bench-") as tmp:
         port = free_port()
         proc, log = await start_vxsnd(Path(tmp), port)
         try:
+            if procs > 1:
+                return await _drive_spread(sc, proc, port, limit, procs)
             return await _drive(sc, proc, port, limit)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -151,12 +156,17 @@ async def run_scenario(sc: Scenario, limit: float) -> Result:
                 print(f"vxsnd exited {proc.returncode}:\n{log.read_text()[-2000:]}")
 
 
-async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float) -> Result:
+def _expected(sc: Scenario) -> tuple[list[list[int]], dict[int, set[bytes]]]:
     serves = [sc.vnis_of(i) for i in range(sc.agents)]
     expect: dict[int, set[bytes]] = {}
     for i, vs in enumerate(serves):
         for v in vs:
             expect.setdefault(v, set()).add(vtep(i).packed)  # fast agents keep packed bytes
+    return serves, expect
+
+
+async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float) -> Result:
+    serves, expect = _expected(sc)
     want = {v: len(m) for v, m in expect.items()}
     pending = set(range(sc.agents))
     done = asyncio.Event()
@@ -208,6 +218,104 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
     return result
 
 
+def _worker(
+    sc: Scenario,
+    indexes: range,
+    port: int,
+    limit: float,
+    ready: Connection,
+    go: Connection,
+) -> None:
+    """One simulator process: its share of the agents, registered when told to; sends
+    back (converged, monotonic time the last of them converged, sent, received, CPU)."""
+    asyncio.run(_work(sc, indexes, port, limit, ready, go))
+
+
+async def _work(
+    sc: Scenario, indexes: range, port: int, limit: float, ready: Connection, go: Connection
+) -> None:
+    serves, expect = _expected(sc)
+    want = {v: len(m) for v, m in expect.items()}
+    pending = set(indexes)
+    done = asyncio.Event()
+    agents: dict[int, Agent] = {}
+    finished = [0.0]
+
+    def checker(i: int) -> None:
+        a = agents[i]
+        if i in pending and all(len(a.members.get(v, ())) == want[v] for v in serves[i]):
+            pending.discard(i)
+            if not pending:
+                finished[0] = time.monotonic()
+                done.set()
+
+    for i in indexes:
+        agents[i] = await Agent.create(
+            f"bench-{i}",
+            ("127.0.0.1", port),
+            fast=True,
+            hold_time=600,
+            on_change=lambda i=i: checker(i),
+        )
+    ready.send("ready")
+    await asyncio.get_running_loop().run_in_executor(None, go.recv)
+    cpu0 = self_cpu()
+    for i, a in agents.items():
+        a.register(dict.fromkeys(serves[i], vtep(i)))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), limit)
+    ok = not pending and all(
+        a.members[v] == expect[v] for i, a in agents.items() for v in serves[i]
+    )
+    sent = sum(a.stats.sent for a in agents.values())
+    received = sum(a.stats.received for a in agents.values())
+    ready.send((ok, finished[0], sent, received, self_cpu() - cpu0))
+    for a in agents.values():
+        a.close()
+
+
+async def _drive_spread(
+    sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float, procs: int
+) -> Result:
+    """`_drive` with the agents spread over `procs` simulator processes (started and
+    set up before the clock runs), so that one simulator process is not the bottleneck."""
+    ctx = multiprocessing.get_context("fork")
+    share = -(-sc.agents // procs)
+    workers = []
+    for k in range(procs):
+        indexes = range(k * share, min(sc.agents, (k + 1) * share))
+        mine, theirs = ctx.Pipe()
+        go_r, go_w = ctx.Pipe(duplex=False)
+        w = ctx.Process(target=_worker, args=(sc, indexes, port, limit, theirs, go_r))
+        w.start()
+        workers.append((w, mine, go_w))
+    loop = asyncio.get_running_loop()
+    for _, mine, _ in workers:
+        assert await loop.run_in_executor(None, mine.recv) == "ready"
+    cpu0 = cpu_seconds(proc.pid)
+    start = time.monotonic()
+    for _, _, go_w in workers:
+        go_w.send("go")
+    answers = [await loop.run_in_executor(None, mine.recv) for _, mine, _ in workers]
+    cpu = cpu_seconds(proc.pid) - cpu0
+    for w, _, _ in workers:
+        w.join(30)
+    converged = all(a[0] for a in answers)
+    seconds = (max(a[1] for a in answers) if converged else time.monotonic()) - start
+    _, expect = _expected(sc)
+    return Result(
+        sc,
+        seconds,
+        sum(a[2] for a in answers),
+        sum(a[3] for a in answers),
+        cpu,
+        peak_rss_mb(proc.pid),
+        converged,
+        sum(a[4] for a in answers),
+        floor({v: len(m) for v, m in expect.items()}),
+    )
+
+
 def table(results: list[Result], baseline: Result | None) -> str:
     head = (
         f"{'scenario':<24} {'converged':>10} {'vs base':>8} {'to vxsnd':>9} "
@@ -244,7 +352,7 @@ async def amain(args: argparse.Namespace) -> list[Result]:
         scenarios.append(Scenario("shared", args.shared, 10, 10))
     results = []
     for sc in scenarios:
-        r = await run_scenario(sc, args.timeout)
+        r = await run_scenario(sc, args.timeout, args.procs)
         print(f"  {sc.label}: {r.seconds:.2f} s", file=sys.stderr)
         results.append(r)
     return results
@@ -263,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run N agents all in the same 10 VNIs (default: off)",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="simulator processes the agents are spread over (default: 1, this one)",
+    )
     args = p.parse_args(argv)
     results = asyncio.run(amain(args))
     print(table(results, results[0]))

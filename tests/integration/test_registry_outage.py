@@ -61,6 +61,17 @@ async def watching(shrinks: Shrinks) -> AsyncIterator[None]:
             await task
 
 
+async def joined_pair(addr: tuple[str, int]) -> list[Agent]:
+    """hv-1 and hv-2 in VNI 100, refreshing every third of their hold time, joined."""
+    group = [await Agent.create(f"hv-{i}", addr, hold_time=HOLD) for i in (1, 2)]
+    for i, a in enumerate(group, start=1):
+        a.register({VNI: vtep(i)})
+        a.start_refresh(HOLD / 3)
+    want = {vtep(1), vtep(2)}
+    await wait_until(lambda: all(a.members.get(VNI) == want for a in group), 10, "join")
+    return group
+
+
 async def degraded(daemon: Daemon) -> bool:
     return not await daemon.store.health()
 
@@ -73,12 +84,7 @@ async def test_postgresql_stopped_longer_than_the_hold_time_empties_no_flood_lis
         cfg = make_config(pg.url, registry_poll=0.2)
         async with running(cfg) as daemon:
             addr = server_addr(daemon)
-            group = [await Agent.create(f"hv-{i}", addr, hold_time=HOLD) for i in (1, 2)]
-            for i, a in enumerate(group, start=1):
-                a.register({VNI: vtep(i)})
-                a.start_refresh(HOLD / 3)
-            want = {vtep(1), vtep(2)}
-            await wait_until(lambda: all(a.members.get(VNI) == want for a in group), 10, "join")
+            group = await joined_pair(addr)
             shrinks = Shrinks(group)
             async with watching(shrinks):
                 await asyncio.to_thread(pg.stop)
@@ -142,12 +148,7 @@ async def test_after_a_failover_vxsnd_writes_to_the_promoted_standby_without_a_r
         cfg = make_config(failover_url(primary, standby), registry_poll=0.2)
         async with running(cfg) as daemon:
             addr = server_addr(daemon)
-            group = [await Agent.create(f"hv-{i}", addr, hold_time=HOLD) for i in (1, 2)]
-            for i, a in enumerate(group, start=1):
-                a.register({VNI: vtep(i)})
-                a.start_refresh(HOLD / 3)
-            want = {vtep(1), vtep(2)}
-            await wait_until(lambda: all(a.members.get(VNI) == want for a in group), 10, "join")
+            group = await joined_pair(addr)
             registry = daemon.store.registry_id
             shrinks = Shrinks(group)
             async with watching(shrinks):
