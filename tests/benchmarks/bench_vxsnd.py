@@ -7,8 +7,9 @@ all register at once; the clock stops when every agent holds the full member
 set of every VNI it serves (it has applied and acked the final generation).
 
 Printed per scenario: time to convergence, datagrams each way (as counted by
-the agents), the datagrams from vxsnd against the floor (every member learning
-every member's address, 1400-byte datagrams), vxsnd CPU seconds used during the
+the agents), vxsnd's membership datagrams (all it sent but the one register
+reply per agent) against the floor (every member learning every member's
+address, 1400-byte datagrams), vxsnd CPU seconds used during the
 scenario (/proc/PID/stat utime+stime), the simulator's own CPU seconds (this
 process: when it is near the wall time, the simulator is what is measured) and
 vxsnd's peak RSS (/proc/PID/status VmHWM).
@@ -332,7 +333,7 @@ def table(results: list[Result], baseline: Result | None) -> str:
             verdict = f"<{goal:g} s, <{RSS_GOAL_MB} MB: {'met' if ok else 'MISSED'}"
         lines.append(
             f"{r.scenario.label:<24} {t:>10} {ratio:>8} {r.to_vxsnd:>9} {r.from_vxsnd:>10} "
-            f"{r.from_vxsnd / r.floor if r.floor else 0:>6.2f}x "
+            f"{(r.from_vxsnd - r.scenario.agents) / r.floor if r.floor else 0:>6.2f}x "
             f"{r.cpu:>7.2f} {r.sim_cpu:>7.2f} {r.rss_mb:>6.0f} MB  {verdict}"
         )
     return "\n".join(lines)
