@@ -49,7 +49,9 @@ class Conflicts:
 
     def resolved(self, node_id: str) -> None:
         """The node id was registered (taken over, or the holder restarted): its
-        conflicts are over."""
+        conflicts are over. Called for every registration: nothing to do, normally."""
+        if not self._by_claim:
+            return
         for key in [k for k in self._by_claim if k[0] == node_id]:
             del self._by_claim[key]
 

@@ -229,10 +229,8 @@ class Core:
                 )
             self.regs.withdraw(node_id, first.env.incarnation)  # the registry checks it too
             return
-        holder = self.regs.holder(node_id)
-        if holder is not None and store.conflicts(
-            holder, first.env.incarnation, host_text(addr), now
-        ):
+        holder = self.regs.conflicting(node_id, first.env.incarnation, addr, now)
+        if holder is not None:
             self._refuse(node_id, first.env.incarnation, addr, via, holder)
             return
         ours = first.registry == self.registry_id

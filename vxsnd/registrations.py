@@ -60,15 +60,19 @@ class Registrations:
         pending = self._pending.get(node_id)
         return pending.node if pending is not None else self.nodes.get(node_id)
 
-    def holder(self, node_id: str) -> store.Holder | None:
-        """The node id's registration as this core knows it (None: unknown, or the
-        registry lost it), for the conflict rule (vxsnd.registry.model.conflicts)."""
+    def conflicting(
+        self, node_id: str, incarnation: int, addr: PeerAddr, now: float
+    ) -> store.Holder | None:
+        """The live registration of `node_id` a round from `incarnation` at `addr` must
+        not displace (vxsnd.registry.model.conflicts), as this core knows it; None when
+        the round may go on. A refresh (the same incarnation) costs one comparison."""
         node = self.known(node_id)
-        if node is None or node.hold_time < 0:
+        if node is None or node.incarnation == incarnation or node.hold_time < 0:
             return None
-        return store.Holder(
+        holder = store.Holder(
             node.incarnation, host_text(node.addr), node.last_refresh + node.hold_time
         )
+        return holder if store.conflicts(holder, incarnation, host_text(addr), now) else None
 
     def withdraw(self, node_id: str, incarnation: int | None = None) -> None:
         self._batch.withdraw(node_id, incarnation)
