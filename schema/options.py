@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
-import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,16 +27,6 @@ from typing import Any
 from vxflood.schema.validate import InvalidValue, check_node_id
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def setup_logging(level: str) -> None:
-    """Both daemons: plain lines on stderr for journald; aiohttp's own chatter off."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 class ConfigError(ValueError):
