@@ -95,7 +95,10 @@ class Keeper:
     def save(self, now: float | None = None) -> bool:
         """Write the marks if anything was accepted since the last write."""
         accepted = self._accepted()
-        if accepted == self._written or not self.path.parent.is_dir():
+        if accepted == self._written:
+            return False
+        if not self.path.parent.is_dir():
+            self._written = accepted  # look again only once something new is accepted
             return False
         now = time.time() if now is None else now
         marks = {(m.sender, m.incarnation): m for g in self.guards for m in g.marks(now)}

@@ -72,6 +72,19 @@ async def joined_pair(addr: tuple[str, int]) -> list[Agent]:
     return group
 
 
+async def joiner(addr: tuple[str, int]) -> Agent:
+    """hv-3 joining VNI 100 (and refreshing) while the pair is up."""
+    late = await Agent.create("hv-3", addr, hold_time=HOLD)
+    late.register({VNI: vtep(3)})
+    late.start_refresh(HOLD / 3)
+    return late
+
+
+async def all_three(agents: list[Agent], what: str) -> None:
+    want = {vtep(1), vtep(2), vtep(3)}
+    await wait_until(lambda: all(a.members.get(VNI) == want for a in agents), 15, what)
+
+
 async def degraded(daemon: Daemon) -> bool:
     return not await daemon.store.health()
 
@@ -89,21 +102,14 @@ async def test_postgresql_stopped_longer_than_the_hold_time_empties_no_flood_lis
             async with watching(shrinks):
                 await asyncio.to_thread(pg.stop)
                 stopped = time.monotonic()
-                late = await Agent.create("hv-3", addr, hold_time=HOLD)
-                late.register({VNI: vtep(3)})  # a join while the database is away
-                late.start_refresh(HOLD / 3)
+                late = await joiner(addr)  # a join while the database is away
                 # the observation window: the whole outage, longer than the hold time
                 await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
                 assert await degraded(daemon), "vxsnd says degraded while PostgreSQL is away"
                 assert daemon.metrics.value("vxsnd_registry_ok") == 0
                 await asyncio.to_thread(pg.start)
                 back = time.monotonic()
-                want3 = {vtep(1), vtep(2), vtep(3)}
-                await wait_until(
-                    lambda: all(a.members.get(VNI) == want3 for a in [*group, late]),
-                    15,
-                    "the join made during the outage converges after it",
-                )
+                await all_three([*group, late], "the join made during the outage converges")
                 took = time.monotonic() - back
                 await wait_until(
                     lambda: daemon.metrics.value("vxsnd_registry_ok") == 1, 10, "healthy again"
@@ -155,15 +161,8 @@ async def test_after_a_failover_vxsnd_writes_to_the_promoted_standby_without_a_r
                 await asyncio.to_thread(primary.stop, "immediate")  # the crash
                 await asyncio.to_thread(standby.promote)
                 promoted = time.monotonic()
-                late = await Agent.create("hv-3", addr, hold_time=HOLD)
-                late.register({VNI: vtep(3)})
-                late.start_refresh(HOLD / 3)
-                want3 = {vtep(1), vtep(2), vtep(3)}
-                await wait_until(
-                    lambda: all(a.members.get(VNI) == want3 for a in [*group, late]),
-                    15,
-                    "the join after the failover converges",
-                )
+                late = await joiner(addr)
+                await all_three([*group, late], "the join after the failover converges")
                 took = time.monotonic() - promoted
             assert shrinks.seen == [], shrinks.seen
             assert daemon.store.registry_id == registry  # the same registry, replicated

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vxflood.schema.replay import Mark, ReplayGuard
-from vxrd.marks import MARKS_FILE, Keeper, decode, encode
+from vxrd.marks import MARKS_FILE, Keeper, decode
 
 NOW = 1_764_000_000.0
 MS = int(NOW * 1000)
@@ -78,6 +78,11 @@ def test_nothing_is_written_without_the_state_directory(tmp_path: Path) -> None:
     guard = ReplayGuard()
     guard.check("sn-1", 1, 1, MS, NOW)
     missing = tmp_path / "absent"
-    assert Keeper(missing, [guard]).save(NOW) is False
+    keeper = Keeper(missing, [guard])
+    assert keeper.save(NOW) is False
     assert not missing.exists()
-    assert encode([Mark("sn-1", 1, 1, MS)]).endswith("\n")
+    missing.mkdir()  # the directory appears (systemd's StateDirectory)
+    assert keeper.save(NOW) is False  # nothing accepted since the last look
+    guard.check("sn-1", 1, 2, MS, NOW)
+    assert keeper.save(NOW) is True  # the next accept is kept
+    assert decode((missing / MARKS_FILE).read_text()) == [Mark("sn-1", 1, 2, MS)]
