@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -273,10 +274,28 @@ class _Sqlite(Database):
 def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN (see _sqlite_begin)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _journal_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _journal_wal(cursor: Any) -> None:
+    """Switch to WAL (kept in the file: a no-op once done). Switching a new file needs
+    an exclusive lock, and SQLite answers "database is locked" at once, busy timeout or
+    not, when another connection is in the middle of a write meanwhile (several vxsnd
+    starting together on a new file): wait and try again, as for any busy lock."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # a pool thread: the event loop is not held
+        delay = min(delay * 2, 0.2)
 
 
 _IMMEDIATE: Final = "vxsnd_sqlite_immediate"
