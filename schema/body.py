@@ -3,7 +3,10 @@
 `to_body` maps a message to the map schema.wire packs; `from_body` checks a
 decoded map field by field and builds the message, raising `Rejected` with
 the reason a receiver counts. Optional fields (the delta base "b", the
-`learning` flag "l") are absent when unset, so their default costs no bytes.
+`learning` flag "l", a register's newest readable version "c") are absent
+when unset, so their default costs no bytes. A compact Membership (version 3)
+carries its addresses as packed runs ("a"/"d" IPv4, "A"/"D" IPv6) instead of
+lists of packings.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ipaddress
 from typing import Any
 
 from vxflood.schema.messages import (
+    COMPACT_SINCE,
     MAX_HOLD_TIME,
     MAX_LIST,
     MAX_PARTS,
@@ -41,6 +45,16 @@ def _pack_addr(a: Address) -> bytes:
     return a.packed
 
 
+def _pack_runs(body: dict[str, Any], addrs: tuple[Address, ...], v4: str, v6: str) -> None:
+    """The compact form (version 3): IPv4 addresses as one run of 4-byte packings
+    under `v4` (always there, maybe empty), IPv6 as one of 16-byte under `v6`
+    (only when there is one)."""
+    body[v4] = b"".join(a.packed for a in addrs if a.version == 4)
+    six = b"".join(a.packed for a in addrs if a.version == 6)
+    if six:
+        body[v6] = six
+
+
 def _env_body(env: Envelope) -> dict[str, Any]:
     return {"s": env.sender, "i": env.incarnation, "q": env.seq, "t": env.time_ms}
 
@@ -56,16 +70,18 @@ def to_body(msg: Message) -> dict[str, Any]:
             n=msg.parts,
             v=[[e.vni, _pack_addr(e.local), e.applied] for e in msg.vnis],
         )
+        if msg.max_version:  # only when said: a register without it is as it was
+            body["c"] = msg.max_version
     elif isinstance(msg, Membership):
         body.update(r=msg.registry, x=msg.vni, g=msg.generation)
         if msg.base is not None:
             body["b"] = msg.base
-        body.update(
-            a=[_pack_addr(a) for a in msg.add],
-            d=[_pack_addr(a) for a in msg.remove],
-            p=msg.part,
-            n=msg.parts,
-        )
+        if msg.compact:
+            _pack_runs(body, msg.add, "a", "A")
+            _pack_runs(body, msg.remove, "d", "D")
+        else:
+            body.update(a=[_pack_addr(a) for a in msg.add], d=[_pack_addr(a) for a in msg.remove])
+        body.update(p=msg.part, n=msg.parts)
         if msg.learning:  # only when set: a false flag leaves the bytes as they were
             body["l"] = True
     elif isinstance(msg, Ack):
@@ -188,13 +204,14 @@ def _parts(b: _Body) -> tuple[int, int]:
     return part, parts
 
 
-def from_body(mtype: int, raw: object) -> Message:
+def from_body(mtype: int, raw: object, version: int = COMPACT_SINCE) -> Message:
+    """The message of type `mtype` in a datagram stamped `version`."""
     b = _Body(raw)
     env = Envelope(_sender(b.raw.get("s", _MISSING)), b.uint("i"), b.uint("q"), b.uint("t"))
     if mtype == Register.TYPE:
         return _register(b, env)
     if mtype == Membership.TYPE:
-        return _membership(b, env)
+        return _membership(b, env, version)
     if mtype == Refusal.TYPE:
         return _refusal(b, env)
     return _ack(b, env)
@@ -220,14 +237,37 @@ def _register(b: _Body, env: Envelope) -> Register:
         part,
         parts,
         tuple(entries),
+        b.uint("c", 255) if "c" in b.raw else 0,
     )
 
 
-def _membership(b: _Body, env: Envelope) -> Membership:
+def _runs(b: _Body, v4: str, v6: str) -> list[bytes]:
+    """The packings of a compact address list: `v4` a run of 4-byte packings
+    (required), `v6` one of 16-byte (optional, never empty)."""
+    out: list[bytes] = []
+    for key, width in ((v4, 4), (v6, 16)):
+        run = b.raw.get(key, _MISSING)
+        if run is _MISSING and key == v6:
+            continue
+        if run is _MISSING:
+            raise b._missing(key)
+        if type(run) is not bytes or len(run) % width or (key == v6 and not run):
+            raise Rejected("invalid", f"field {key!r} must be packed {width}-byte addresses")
+        out += [run[i : i + width] for i in range(0, len(run), width)]
+    return out
+
+
+def _membership(b: _Body, env: Envelope, version: int) -> Membership:
     part, parts = _parts(b)
     base = b.uint("b") if "b" in b.raw else None
     gen = b.uint("g")
-    raw_add, raw_remove = b.items("a"), b.items("d")
+    compact = type(b.raw.get("a")) is bytes
+    if compact:
+        if version < COMPACT_SINCE:
+            raise Rejected("version", f"compact membership in protocol version {version}")
+        raw_add, raw_remove = _runs(b, "a", "A"), _runs(b, "d", "D")
+    else:
+        raw_add, raw_remove = b.items("a"), b.items("d")
     add = _addresses(raw_add)
     remove = _addresses(raw_remove)
     if base is None and remove:
@@ -247,6 +287,7 @@ def _membership(b: _Body, env: Envelope) -> Membership:
         part,
         parts,
         _flag(b, "l"),
+        compact,
     )
 
 

@@ -17,8 +17,9 @@ from typing import ClassVar, TypeAlias
 from vxflood.schema.validate import NODE_ID_MAX, Address, InvalidValue, check_node_id
 
 MAGIC = b"VF"
-VERSION = 2  # the newest this code speaks; each message goes out in the version that
-MIN_VERSION = 1  # defined its type (`since`), so older peers read all they knew
+VERSION = 3  # the newest this code speaks; each message goes out in the version that
+MIN_VERSION = 1  # defined its form (`wire_version`), so older peers read all they knew
+COMPACT_SINCE = 3  # Membership with its addresses as packed runs (`compact`)
 HEADER = struct.Struct("!2sBBB")
 DEFAULT_BUDGET = 1400
 MAX_DATAGRAM = 9000  # receive limit: jumbo underlays may raise the send budget to this
@@ -62,7 +63,7 @@ class VniEntry:
     applied: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Register:
     """vxrd -> vxsnd: the node's full list (all parts of one round), refresh and anti-entropy."""
 
@@ -75,15 +76,24 @@ class Register:
     part: int
     parts: int
     vnis: tuple[VniEntry, ...]
+    # the newest protocol version the sender reads (key "c", version 3 on; 0: not
+    # said, a peer from before it, which reads versions 1 and 2)
+    max_version: int = 0
+
+    def __repr__(self) -> str:
+        return _repr_flagged(self)
+
+
+_OPTIONAL = frozenset({"learning", "compact", "max_version"})
 
 
 def _repr_flagged(msg: object) -> str:
-    """The dataclass repr, leaving out a `learning` flag that is not set (so the
+    """The dataclass repr, leaving out optional fields that are not set (so the
     repr of every message older peers know stays what it was)."""
     shown = (
         f"{f.name}={getattr(msg, f.name)!r}"
         for f in fields(msg)  # type: ignore[arg-type]
-        if f.name != "learning" or getattr(msg, f.name)
+        if f.name not in _OPTIONAL or getattr(msg, f.name)
     )
     return f"{type(msg).__name__}({', '.join(shown)})"
 
@@ -104,6 +114,9 @@ class Membership:
     part: int = 0
     parts: int = 1
     learning: bool = False  # the server's registry is still filling: only add (key "l")
+    # the addresses as packed runs (protocol version 3), for a receiver that said
+    # it reads version 3 (Register.max_version); the same members either way
+    compact: bool = False
 
     @property
     def is_snapshot(self) -> bool:
@@ -160,6 +173,13 @@ def _register_type(cls: type[Register] | type[Membership] | type[Ack] | type[Ref
 
 for _cls in (Register, Membership, Ack, Refusal):
     _register_type(_cls)
+
+
+def wire_version(msg: Message) -> int:
+    """The version a message is stamped with: the oldest that defined its form."""
+    if isinstance(msg, Membership) and msg.compact:
+        return COMPACT_SINCE
+    return msg.SINCE
 
 
 def address(text: str) -> Address:

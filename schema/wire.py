@@ -8,8 +8,9 @@ The tag (HMAC-SHA256 over everything before it, 32 bytes) and the key id are
 present when the sender has a keyring; key-id length 0 means unsigned. The body
 is a msgpack map with short keys; every message carries the sender envelope
 (sender id, incarnation, sequence, timestamp) used for replay protection.
-Addresses travel packed (4 or 16 bytes). Long lists are split into parts that
-each fit the datagram budget.
+Addresses travel packed (4 or 16 bytes): as lists of packings, or (compact
+Membership, version 3, for agents that read it) as runs of packings. Long lists
+are split into parts that each fit the datagram budget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import msgpack
 from vxflood.schema.body import from_body, to_body
 from vxflood.schema.keys import TAG_BYTES, Key, Keyring
 from vxflood.schema.messages import (
+    COMPACT_SINCE,
     DEFAULT_BUDGET,
     HEADER,
     MAGIC,
@@ -48,12 +50,14 @@ from vxflood.schema.messages import (
     Sequencer,
     VniEntry,
     address,
+    wire_version,
 )
 from vxflood.schema.validate import (
     Address,
 )
 
 __all__ = [
+    "COMPACT_SINCE",
     "DEFAULT_BUDGET",
     "HEADER",
     "MAGIC",
@@ -101,7 +105,7 @@ class Codec:
 
     def encode(self, msg: Message) -> bytes:
         body = msgpack.packb(to_body(msg), use_bin_type=True)
-        head = HEADER.pack(MAGIC, msg.SINCE, msg.TYPE, len(self._key_id)) + self._key_id
+        head = HEADER.pack(MAGIC, wire_version(msg), msg.TYPE, len(self._key_id)) + self._key_id
         data: bytes = head + body
         if self.keyring is not None:
             data += Keyring.tag(self.keyring.signing, data)
@@ -150,7 +154,7 @@ class Codec:
                 max_array_len=MAX_LIST,
                 max_map_len=32,
                 max_str_len=MAX_REGISTRY_ID * 4,
-                max_bin_len=16,
+                max_bin_len=MAX_DATAGRAM,  # compact address runs; the datagram bounds it
                 max_ext_len=0,
             )
         except (
@@ -162,7 +166,7 @@ class Codec:
             UnicodeDecodeError,
         ) as exc:
             raise Rejected("malformed", type(exc).__name__) from None
-        msg = from_body(mtype, raw)
+        msg = from_body(mtype, raw, version)
         if key is not None and key.bound:
             _check_binding(key, msg)
         return msg
@@ -203,6 +207,9 @@ def _chunks(items: Sequence[T], room: int, size: Callable[[T], int]) -> list[lis
 # datagram never reach array32. Reserve the difference for each list in the message.
 _LIST_SLACK = 2
 _PART_SLACK = 6  # part/parts counters may grow from fixint to uint16
+# compact runs: "a" and "d" grow from bin8 (empty) to bin16 (+1 each); "A" and "D",
+# absent when empty, may come with their key and a bin16 header (+5 each)
+_RUNS_SLACK = 12
 
 
 def _room(codec: Codec, empty: Message, budget: int, lists: int) -> int:
@@ -241,11 +248,17 @@ def split_membership(
     budget: int = DEFAULT_BUDGET,
 ) -> list[Membership]:
     """A snapshot or delta as parts that each fit `budget` bytes."""
-    room = _room(codec, replace(template, add=(), remove=()), budget, 2)
+    empty = replace(template, add=(), remove=())
+    if template.compact:  # an address costs its packing; the runs' headers may grow
+        room = _room(codec, empty, budget, 0) - _RUNS_SLACK
+        size: Callable[[tuple[bool, Address]], int] = lambda t: len(t[1].packed)  # noqa: E731
+    else:
+        room = _room(codec, empty, budget, 2)
+        size = lambda t: _packed_len(t[1].packed)  # noqa: E731
     tagged: list[tuple[bool, Address]] = [(True, a) for a in template.add] + [
         (False, a) for a in template.remove
     ]
-    chunks = _chunks(tagged, room, lambda t: _packed_len(t[1].packed))
+    chunks = _chunks(tagged, room, size)
     envs = iter(envelopes)
     return [
         replace(

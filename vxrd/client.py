@@ -32,6 +32,7 @@ from vxflood.schema.replay import ReplayGuard
 from vxflood.schema.validate import Address
 from vxflood.schema.wire import (
     DEFAULT_BUDGET,
+    VERSION,
     Ack,
     Codec,
     Membership,
@@ -234,7 +235,16 @@ class ServerClient:
         if not await self._ensure_socket():
             return renewed
         self.round += 1
-        template = Register(self.seq.next(), hold_time, self.state.registry, self.round, 0, 1, ())
+        template = Register(
+            self.seq.next(),
+            hold_time,
+            self.state.registry,
+            self.round,
+            0,
+            1,
+            (),
+            max_version=VERSION,  # so the server may send memberships in the compact form
+        )
         # `template.env` above consumed one sequence number; harmless (gaps are allowed)
         entries = self.state.entries(serve) if hold_time else []
         for part in split_register(self.codec, template, entries, self.seq.many(), self.budget):

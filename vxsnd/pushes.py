@@ -25,7 +25,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vxflood.schema.validate import Address
-from vxflood.schema.wire import Codec, Envelope, Membership, Sequencer, split_membership
+from vxflood.schema.wire import (
+    COMPACT_SINCE,
+    Codec,
+    Envelope,
+    Membership,
+    Sequencer,
+    split_membership,
+)
 from vxsnd import push
 from vxsnd import registry as store
 from vxsnd.metrics import Metrics
@@ -57,6 +64,22 @@ class Node:
     vnis: dict[int, str] = field(default_factory=dict)  # vni -> local VTEP (canonical)
     applied: dict[int, int] = field(default_factory=dict)
     inflight: dict[int, InFlight] = field(default_factory=dict)
+    reads: int = 0  # the newest protocol version its register said it reads (0: not said)
+
+    @property
+    def compact(self) -> bool:
+        """Its memberships go out in the compact form (protocol version 3)."""
+        return self.reads >= COMPACT_SINCE
+
+
+@dataclass(slots=True)
+class _Delta:
+    """One delta of a VNI (base -> current generation): its addresses, encoded in
+    each form a push asked for."""
+
+    add: list[Address]
+    remove: list[Address]
+    parts: dict[bool, list[Stamped]] = field(default_factory=dict)  # compact? -> parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +134,15 @@ class Pushes:
         self.rtt = push.RttEstimator()
         self.dirty: set[tuple[str, int]] = set()
         self._timers: list[tuple[float, str, int]] = []  # (due, node, vni) heap
-        self._snap: dict[int, tuple[int, list[Stamped]]] = {}
+        # (vni, compact form?) -> (generation, encoded parts)
+        self._snap: dict[tuple[int, bool], tuple[int, list[Stamped]]] = {}
         # members per VNI at a generation, carried forward by our own batches so that
         # a snapshot after a change needs no registry read
         self._members: dict[int, tuple[int, frozenset[str]]] = {}
         self._fresh: dict[int, tuple[int, frozenset[str]]] = {}  # read in this step
-        # vni -> (generation, base -> encoded delta to it, None: a snapshot is better);
+        # vni -> (generation, base -> the delta to it, None: a snapshot is better);
         # only the current generation's: a push is always planned at the current one
-        self._delta: dict[int, tuple[int, dict[int, list[Stamped] | None]]] = {}
+        self._delta: dict[int, tuple[int, dict[int, _Delta | None]]] = {}
         # (vni, generation) -> what our own batch changed: the delta from the generation
         # before, encoded only if a push needs it
         self._changes: dict[tuple[int, int], store.VniChange] = {}
@@ -158,7 +182,8 @@ class Pushes:
             if change.generation <= self.generations.get(vni, 0):
                 continue
             self.generations[vni] = change.generation
-            self._snap.pop(vni, None)
+            self._snap.pop((vni, False), None)
+            self._snap.pop((vni, True), None)
             count = self.member_count.get(vni, 0) + len(change.added) - len(change.removed)
             self.member_count[vni] = max(count, 0)
             self.metrics.set_members(vni, self.member_count[vni])
@@ -318,7 +343,7 @@ class Pushes:
         if plan is None:
             node.inflight.pop(vni, None)
             return
-        parts = self._parts(plan)
+        parts = self._parts(plan, node.compact)
         if not isinstance(parts, list):
             needs[parts] = None
             self._deferred.append((node.node_id, vni, retransmit))
@@ -340,9 +365,9 @@ class Pushes:
         inflight.base = parts[0].message.base
         self._started.append((node.node_id, vni, inflight))
 
-    def _parts(self, plan: Plan) -> list[Stamped] | Need:
-        """The encoded parts for a plan (snapshots and deltas are cached per
-        generation), or the read they wait for."""
+    def _parts(self, plan: Plan, compact: bool) -> list[Stamped] | Need:
+        """The encoded parts for a plan in the node's form (snapshots and deltas are
+        cached per generation), or the read they wait for."""
         if plan.base is not None:
             deltas = self._deltas_at(plan.vni, plan.generation)
             if plan.base not in deltas:
@@ -353,13 +378,16 @@ class Pushes:
                 )
                 if own is None:
                     return NeedDelta(plan.vni, plan.base, plan.generation)
-                deltas[plan.base] = self._delta_parts(
-                    plan.vni, plan.base, plan.generation, own.added, own.removed
-                )
-            cached = deltas[plan.base]
-            if cached is not None:
-                return cached
-        snap = self._snap.get(plan.vni)
+                deltas[plan.base] = self._delta_of(plan.vni, own.added, own.removed)
+            delta = deltas[plan.base]
+            if delta is not None:
+                parts = delta.parts.get(compact)
+                if parts is None:
+                    parts = delta.parts[compact] = self._encode(
+                        plan.vni, plan.generation, plan.base, delta.add, delta.remove, compact
+                    )
+                return parts
+        snap = self._snap.get((plan.vni, compact))
         if snap is not None and snap[0] == plan.generation:
             return snap[1]
         known = self._members.get(plan.vni)
@@ -368,8 +396,8 @@ class Pushes:
             if known is None:
                 return NeedSnapshot(plan.vni)
         gen, members = known
-        snap = (gen, self._encode(plan.vni, gen, None, addresses(members), ()))
-        self._snap[plan.vni] = snap
+        snap = (gen, self._encode(plan.vni, gen, None, addresses(members), (), compact))
+        self._snap[(plan.vni, compact)] = snap
         self.member_count[plan.vni] = len(members)
         self.metrics.set_members(plan.vni, len(members))
         if gen != plan.generation:  # the registry moved on (another instance wrote)
@@ -388,11 +416,9 @@ class Pushes:
         if delta is None or delta.generation != need.generation:
             deltas[need.base] = None  # a snapshot then
         else:
-            deltas[need.base] = self._delta_parts(
-                need.vni, need.base, need.generation, delta.added, delta.removed
-            )
+            deltas[need.base] = self._delta_of(need.vni, delta.added, delta.removed)
 
-    def _deltas_at(self, vni: int, generation: int) -> dict[int, list[Stamped] | None]:
+    def _deltas_at(self, vni: int, generation: int) -> dict[int, _Delta | None]:
         """The delta cache of `vni` at `generation`; an older generation's goes (a
         read answered after the VNI moved on is used once, not kept)."""
         entry = self._delta.get(vni)
@@ -404,16 +430,14 @@ class Pushes:
 
     # ------------------------------------------------------------ encoding
 
-    def _delta_parts(
-        self, vni: int, base: int, gen: int, added: Iterable[str], removed: Iterable[str]
-    ) -> list[Stamped] | None:
-        """Encoded delta parts, or None when a snapshot is the better push."""
+    def _delta_of(self, vni: int, added: Iterable[str], removed: Iterable[str]) -> _Delta | None:
+        """A delta to encode, or None when a snapshot is the better push."""
         add = addresses(added)
         remove = addresses(removed)
         members = self.member_count.get(vni)
         if members is not None and not push.delta_worth_it(len(add) + len(remove), members):
             return None
-        return self._encode(vni, gen, base, add, remove)
+        return _Delta(add, remove)
 
     def _encode(
         self,
@@ -422,6 +446,7 @@ class Pushes:
         base: int | None,
         add: Iterable[Address],
         remove: Iterable[Address],
+        compact: bool,
     ) -> list[Stamped]:
         probe = Envelope(self.seq.sender, 0, 0, 0)
         template = Membership(
@@ -433,6 +458,7 @@ class Pushes:
             tuple(add),
             tuple(remove),
             learning=self.learning,
+            compact=compact,
         )
         envs = (probe for _ in iter(int, 1))
         parts = split_membership(self.codec, template, envs, self.budget)

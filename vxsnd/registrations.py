@@ -104,9 +104,11 @@ class Registrations:
             and known.via == via
             and known.hold_time == first.hold_time
             and known.vnis == vnis
+            and known.reads == first.max_version
             and (old is None or not old.full)
         )
         node = Node(node_id, first.env.incarnation, addr, via, first.hold_time, now, vnis)
+        node.reads = first.max_version
         if same and known is not None:
             # a refresh: only the expiry moves; applied generations travel as acks
             node.applied = dict(known.applied)

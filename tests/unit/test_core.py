@@ -73,18 +73,28 @@ def step(
 
 
 class Agent:
-    def __init__(self, name: str, port: int, host: str = "127.0.0.1", incarnation: int = 7) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        host: str = "127.0.0.1",
+        incarnation: int = 7,
+        reads: int = 0,
+    ) -> None:
         self.now = T0  # the agent's clock, for its envelopes
         self.seq = Sequencer(name, incarnation=incarnation, clock=lambda: self.now)
         self.addr = (host, port)
         self.round = 0
         self.registry = ""
+        self.reads = reads  # the newest version its registers say it reads (0: not said)
 
     def register(
         self, vnis: dict[int, str], applied: dict[int, int] | None = None, hold: int = 90
     ) -> list[bytes]:
         self.round += 1
-        tmpl = Register(self.seq.next(), hold, self.registry, self.round, 0, 1, ())
+        tmpl = Register(
+            self.seq.next(), hold, self.registry, self.round, 0, 1, (), max_version=self.reads
+        )
         entries = [VniEntry(v, ip(a), (applied or {}).get(v, 0)) for v, a in sorted(vnis.items())]
         return [CODEC.encode(p) for p in split_register(CODEC, tmpl, entries, self.seq.many())]
 
@@ -139,6 +149,29 @@ def test_register_is_answered_then_pushed_a_snapshot_and_a_delta_after_the_ack()
     (delta,) = pushes(step(core, reg, T0), a)
     assert (delta.base, delta.generation, delta.add, delta.remove) == (1, 2, (ip("10.0.0.2"),), ())
     assert reg.reads == ["members 100"]  # only the very first snapshot was read
+
+
+def test_each_agent_gets_the_form_it_reads() -> None:
+    """An agent whose register says it reads version 3 gets compact memberships; one
+    that does not say (before version 3) gets the lists it knows, in the same VNI."""
+    core, reg = make()
+    old, new = Agent("old", 1001), Agent("new", 1002, reads=3)
+    joined(core, reg, (old, {100: "10.0.0.1"}), (new, {100: "10.0.0.2"}))
+    late = Agent("late", 1003, reads=3)
+    late.send(core, late.register({100: "10.0.0.3"}))
+    out = step(core, reg, T0)
+    (snap,) = pushes(out, late)
+    assert snap.compact and snap.is_snapshot and len(snap.add) == 3
+    for agent, compact in ((old, False), (new, True)):
+        (delta,) = pushes(out, agent)
+        assert (delta.compact, delta.base, delta.add) == (compact, 2, (ip("10.0.0.3"),))
+    forms = {d[2] for d, addr, _ in out if addr != late.addr and d[3] == 2}  # version byte
+    assert forms == {1, 3}
+    # an agent upgraded in place (new incarnation, says it reads 3) gets compact from then on
+    up = Agent("old", 1001, incarnation=8, reads=3)
+    up.send(core, up.register({100: "10.0.0.1"}))
+    (again,) = pushes(step(core, reg, T0), up)
+    assert again.compact and set(again.add) == {ip(f"10.0.0.{i}") for i in (1, 2, 3)}
 
 
 def test_refresh_only_extends_the_expiry() -> None:

@@ -66,6 +66,31 @@ VECTORS: dict[str, tuple[Message, bool]] = {
         Refusal(SERVER_ENV, "9f2c", "node-id-conflict", ip("192.0.2.7"), 61),
         True,
     ),
+    # protocol version 3: the register says it reads version 3 ("c"); memberships to
+    # such an agent carry their addresses as packed runs
+    "register-reads-v3-signed": (
+        Register(ENV, 90, "", 5, 0, 1, (VniEntry(100, ip("198.18.0.1"), 0),), max_version=3),
+        True,
+    ),
+    "membership-compact-snapshot-signed": (
+        Membership(
+            SERVER_ENV,
+            "9f2c",
+            100,
+            12,
+            None,
+            (ip("198.18.0.2"), ip("198.18.0.3"), ip("fd00::3")),
+            (),
+            compact=True,
+        ),
+        True,
+    ),
+    "membership-compact-delta": (
+        Membership(
+            SERVER_ENV, "9f2c", 100, 13, 12, (ip("198.18.0.4"),), (ip("198.18.0.2"),), compact=True
+        ),
+        False,
+    ),
 }
 
 
@@ -81,7 +106,7 @@ def view(data: bytes) -> str:
     body = msgpack.unpackb(data[start:end], raw=False)
     shown = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in body.items()}
     for k in ("v", "a", "d"):
-        if k in shown:
+        if k in shown and isinstance(body[k], list):
             shown[k] = [
                 [x.hex() if isinstance(x, bytes) else x for x in item]
                 if isinstance(item, list)
