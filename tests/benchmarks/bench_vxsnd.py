@@ -33,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tests.integration.agent_sim import Agent
+from vxflood.schema.wire import COMPACT_SINCE, VERSION
 
 GOALS = {"a": 2.0, "b": 10.0}
 RSS_GOAL_MB = 300
@@ -53,12 +55,16 @@ class Scenario:
     agents: int
     per_agent: int
     pool: int
+    reads: int = VERSION  # what the agents' registers say they read (0: a version-2 vxrd)
 
     @property
     def label(self) -> str:
+        form = "" if self.reads >= COMPACT_SINCE else " lists"
+        if self.key == "join":
+            return f"join {self.agents}-member VNI{form}"
         if self.pool == self.per_agent:
-            return f"{self.agents} x {self.per_agent} shared VNI{'s' * (self.per_agent > 1)}"
-        return f"{self.agents} x {self.per_agent} of {self.pool} VNIs"
+            return f"{self.agents} x {self.per_agent} shared{form}"
+        return f"{self.agents} x {self.per_agent} of {self.pool}{form}"
 
     def vnis_of(self, i: int) -> list[int]:
         if self.pool == self.per_agent:
@@ -77,6 +83,7 @@ class Result:
     converged: bool
     sim_cpu: float = 0.0  # this process (the simulated agents) during the scenario
     floor: int = 0  # datagrams the membership payload needs at least (see `floor`)
+    replies: int = 0  # register replies among from_vxsnd (not membership datagrams)
 
 
 def floor(members: dict[int, int], budget: int = 1400, addr: int = 4) -> int:
@@ -188,6 +195,7 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
                 fast=True,
                 hold_time=600,
                 on_change=lambda i=i: checker(i),
+                reads=sc.reads,
             )
         )
     cpu0, sim0 = cpu_seconds(proc.pid), self_cpu()
@@ -213,6 +221,7 @@ async def _drive(sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: 
         converged,
         self_cpu() - sim0,
         floor(want),
+        sc.agents,
     )
     for a in agents:
         a.close()
@@ -227,8 +236,10 @@ def _worker(
     ready: Connection,
     go: Connection,
 ) -> None:
-    """One simulator process: its share of the agents, registered when told to; sends
-    back (converged, monotonic time the last of them converged, sent, received, CPU)."""
+    """One simulator process: its share of the agents. It registers them when told
+    "go", and on ("grow", vni, packed) expects that one more member in `vni`; after
+    each it sends back (converged, monotonic time the last of its agents converged,
+    sent, received, CPU) for that phase. "stop" ends it."""
     asyncio.run(_work(sc, indexes, port, limit, ready, go))
 
 
@@ -237,7 +248,7 @@ async def _work(
 ) -> None:
     serves, expect = _expected(sc)
     want = {v: len(m) for v, m in expect.items()}
-    pending = set(indexes)
+    pending: set[int] = set()
     done = asyncio.Event()
     agents: dict[int, Agent] = {}
     finished = [0.0]
@@ -257,20 +268,35 @@ async def _work(
             fast=True,
             hold_time=600,
             on_change=lambda i=i: checker(i),
+            reads=sc.reads,
         )
     ready.send("ready")
-    await asyncio.get_running_loop().run_in_executor(None, go.recv)
-    cpu0 = self_cpu()
-    for i, a in agents.items():
-        a.register(dict.fromkeys(serves[i], vtep(i)))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done.wait(), limit)
-    ok = not pending and all(
-        a.members[v] == expect[v] for i, a in agents.items() for v in serves[i]
-    )
-    sent = sum(a.stats.sent for a in agents.values())
-    received = sum(a.stats.received for a in agents.values())
-    ready.send((ok, finished[0], sent, received, self_cpu() - cpu0))
+    loop = asyncio.get_running_loop()
+    while (command := await loop.run_in_executor(None, go.recv)) != "stop":
+        cpu0 = self_cpu()
+        sent0 = sum(a.stats.sent for a in agents.values())
+        received0 = sum(a.stats.received for a in agents.values())
+        done.clear()
+        if command == "go":
+            pending.update(indexes)
+            for i, a in agents.items():
+                a.register(dict.fromkeys(serves[i], vtep(i)))
+        else:
+            _, vni, packed = command
+            want[vni] += 1
+            expect[vni].add(packed)
+            pending.update(i for i in indexes if vni in serves[i])
+        if not pending:
+            finished[0] = time.monotonic()
+            done.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), limit)
+        ok = not pending and all(
+            a.members[v] == expect[v] for i, a in agents.items() for v in serves[i]
+        )
+        sent = sum(a.stats.sent for a in agents.values()) - sent0
+        received = sum(a.stats.received for a in agents.values()) - received0
+        ready.send((ok, finished[0], sent, received, self_cpu() - cpu0))
     for a in agents.values():
         a.close()
 
@@ -279,7 +305,8 @@ async def _drive_spread(
     sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float, procs: int
 ) -> Result:
     """`_drive` with the agents spread over `procs` simulator processes (started and
-    set up before the clock runs), so that one simulator process is not the bottleneck."""
+    set up before the clock runs), so that one simulator process is not the bottleneck.
+    A "join" scenario then measures one more agent joining the storm's VNI instead."""
     ctx = multiprocessing.get_context("fork")
     share = -(-sc.agents // procs)
     workers = []
@@ -291,19 +318,45 @@ async def _drive_spread(
         w.start()
         workers.append((w, mine, go_w))
     loop = asyncio.get_running_loop()
-    for _, mine, _ in workers:
-        assert await loop.run_in_executor(None, mine.recv) == "ready"
-    cpu0 = cpu_seconds(proc.pid)
+    try:
+        for _, mine, _ in workers:
+            assert await loop.run_in_executor(None, mine.recv) == "ready"
+        result = await _phase(sc, proc, workers, "go", sc.agents)
+        _, expect = _expected(sc)
+        result.floor = floor({v: len(m) for v, m in expect.items()})
+        if sc.key == "join" and result.converged:
+            result = await _join(sc, proc, port, limit, workers)
+        return result
+    finally:
+        for _, _, go_w in workers:
+            go_w.send("stop")
+        for w, _, _ in workers:
+            w.join(30)
+
+
+Workers = Sequence[tuple[multiprocessing.process.BaseProcess, Connection, Connection]]
+
+
+async def _phase(
+    sc: Scenario,
+    proc: subprocess.Popen[bytes],
+    workers: Workers,
+    command: object,
+    replies: int,
+    joiner: Agent | None = None,
+) -> Result:
+    """One phase in every simulator process at once (and `joiner` registering here)."""
+    loop = asyncio.get_running_loop()
+    cpu0, sim0 = cpu_seconds(proc.pid), self_cpu()
     start = time.monotonic()
     for _, _, go_w in workers:
-        go_w.send("go")
+        go_w.send(command)
+    if joiner is not None:
+        joiner.register({JOIN_VNI: vtep(sc.agents)})
     answers = [await loop.run_in_executor(None, mine.recv) for _, mine, _ in workers]
     cpu = cpu_seconds(proc.pid) - cpu0
-    for w, _, _ in workers:
-        w.join(30)
     converged = all(a[0] for a in answers)
     seconds = (max(a[1] for a in answers) if converged else time.monotonic()) - start
-    _, expect = _expected(sc)
     return Result(
         sc,
         seconds,
@@ -312,9 +365,48 @@ async def _drive_spread(
         cpu,
         peak_rss_mb(proc.pid),
         converged,
-        sum(a[4] for a in answers),
-        floor({v: len(m) for v, m in expect.items()}),
+        sum(a[4] for a in answers) + self_cpu() - sim0,
+        replies=replies,
     )
+
+
+JOIN_VNI = 1000  # the one VNI of a join scenario's storm (Scenario.vnis_of)
+
+
+async def _join(
+    sc: Scenario, proc: subprocess.Popen[bytes], port: int, limit: float, workers: Workers
+) -> Result:
+    """One agent joins the converged VNI: datagrams vxsnd sends for it (its reply,
+    its snapshot, one delta to each member) and the time until every member has it."""
+    got = asyncio.Event()
+    joiner: Agent | None = None
+
+    def full() -> None:
+        if joiner is not None and len(joiner.members.get(JOIN_VNI, ())) == sc.agents + 1:
+            got.set()
+
+    joiner = await Agent.create(
+        "bench-joiner",
+        ("127.0.0.1", port),
+        fast=True,
+        hold_time=600,
+        on_change=full,
+        reads=sc.reads,
+    )
+    try:
+        result = await _phase(
+            sc, proc, workers, ("grow", JOIN_VNI, vtep(sc.agents).packed), 1, joiner
+        )
+        try:
+            await asyncio.wait_for(got.wait(), limit)
+        except TimeoutError:
+            result.converged = False
+        result.to_vxsnd += joiner.stats.sent
+        result.from_vxsnd += joiner.stats.received
+        result.floor = sc.agents + 1  # one datagram to each member, the joiner included
+        return result
+    finally:
+        joiner.close()
 
 
 def table(results: list[Result], baseline: Result | None) -> str:
@@ -333,7 +425,7 @@ def table(results: list[Result], baseline: Result | None) -> str:
             verdict = f"<{goal:g} s, <{RSS_GOAL_MB} MB: {'met' if ok else 'MISSED'}"
         lines.append(
             f"{r.scenario.label:<24} {t:>10} {ratio:>8} {r.to_vxsnd:>9} {r.from_vxsnd:>10} "
-            f"{(r.from_vxsnd - r.scenario.agents) / r.floor if r.floor else 0:>6.2f}x "
+            f"{(r.from_vxsnd - r.replies) / r.floor if r.floor else 0:>6.2f}x "
             f"{r.cpu:>7.2f} {r.sim_cpu:>7.2f} {r.rss_mb:>6.0f} MB  {verdict}"
         )
     return "\n".join(lines)
@@ -344,16 +436,21 @@ async def amain(args: argparse.Namespace) -> list[Result]:
     need = args.agents_b + 256
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
-    scenarios = [
-        Scenario("base", args.baseline, 1, 1),
-        Scenario("a", args.agents_a, 1, 1),
-        Scenario("b", args.agents_b, 10, args.pool),
-    ]
-    if args.shared:
-        scenarios.append(Scenario("shared", args.shared, 10, 10))
+    scenarios = []
+    for reads in args.reads:
+        scenarios += [
+            Scenario("base", args.baseline, 1, 1, reads),
+            Scenario("a", args.agents_a, 1, 1, reads),
+            Scenario("b", args.agents_b, 10, args.pool, reads),
+        ]
+        if args.shared:
+            scenarios.append(Scenario("shared", args.shared, 10, 10, reads))
+        if args.join:
+            scenarios.append(Scenario("join", args.join, 1, 1, reads))
     results = []
     for sc in scenarios:
-        r = await run_scenario(sc, args.timeout, args.procs)
+        procs = max(args.procs, 2) if sc.key == "join" else args.procs
+        r = await run_scenario(sc, args.timeout, procs)
         print(f"  {sc.label}: {r.seconds:.2f} s", file=sys.stderr)
         results.append(r)
     return results
@@ -370,6 +467,21 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="also run N agents all in the same 10 VNIs (default: off)",
+    )
+    p.add_argument(
+        "--join",
+        type=int,
+        default=2000,
+        help="also time one agent joining a VNI of N converged members (0: off; default 2000)",
+    )
+    p.add_argument(
+        "--reads",
+        type=int,
+        nargs="+",
+        default=[VERSION],
+        help=f"the protocol version the agents say they read: {VERSION} (compact memberships, "
+        f"as vxrd) or 0 (lists, as a version-2 vxrd); several run every row in each "
+        f"(default: {VERSION})",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="give up after (s)")
     p.add_argument(

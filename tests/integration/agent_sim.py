@@ -28,6 +28,7 @@ from vxflood.schema.keys import Keyring
 from vxflood.schema.validate import Address, vtep_from_packed
 from vxflood.schema.wire import (
     HEADER,
+    VERSION,
     Ack,
     Codec,
     Envelope,
@@ -66,12 +67,21 @@ def fast_decode(data: bytes) -> RawMembership | None:
     if len(data) < HEADER.size or data[:2] != b"VF" or data[3] != Membership.TYPE or data[4]:
         return None
     b = msgpack.unpackb(data[HEADER.size :], raw=False)
-    add, remove = tuple(b["a"]), tuple(b["d"])
+    if type(b["a"]) is bytes:  # the compact form (version 3): runs of packings
+        add, remove = _runs(b["a"], b.get("A", b"")), _runs(b["d"], b.get("D", b""))
+    else:
+        add, remove = tuple(b["a"]), tuple(b["d"])
     for raw in add + remove:
         if raw not in _VALID:
             vtep_from_packed(raw)
             _VALID.add(raw)
     return RawMembership(b["r"], b["x"], b["g"], b.get("b"), add, remove, b["p"], b["n"])
+
+
+def _runs(v4: bytes, v6: bytes) -> tuple[bytes, ...]:
+    return tuple(v4[i : i + 4] for i in range(0, len(v4), 4)) + tuple(
+        v6[i : i + 16] for i in range(0, len(v6), 16)
+    )
 
 
 @dataclass
@@ -104,6 +114,7 @@ class Agent(asyncio.DatagramProtocol):
         hold_time: int = 90,
         fast: bool = False,
         on_change: Callable[[], None] | None = None,
+        reads: int = VERSION,
     ) -> None:
         self.node_id = node_id
         self.server = server
@@ -114,6 +125,7 @@ class Agent(asyncio.DatagramProtocol):
         self.hold_time = hold_time
         self.fast = fast
         self.on_change = on_change
+        self.reads = reads  # what its registers say it reads (0: as a version-2 vxrd)
         self.vnis: dict[int, Address] = {}
         self.registry = ""
         self.applied: dict[int, int] = {}
@@ -171,6 +183,7 @@ class Agent(asyncio.DatagramProtocol):
             0,
             1,
             (),
+            max_version=self.reads,
         )
         entries = [VniEntry(v, a, self.applied.get(v, 0)) for v, a in sorted(self.vnis.items())]
         for part in split_register(self.codec, template, entries, self.seq.many()):
