@@ -122,8 +122,10 @@ def vtep(i: int) -> ipaddress.IPv4Address:
 
 async def start_vxsnd(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     log = workdir / "vxsnd.log"
+    profile = os.environ.get("BENCH_VXSND_PROFILE")  # a cProfile output file per scenario
     cmd = [
         sys.executable,
+        *(["-m", "cProfile", "-o", f"{profile}.{port}"] if profile else []),
         "-m",
         "vxsnd",
         "--listen",

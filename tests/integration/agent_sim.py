@@ -266,8 +266,10 @@ class Agent(asyncio.DatagramProtocol):
             add, remove = set(m.add), set(m.remove)
         if m.base is None:
             self.members[m.vni] = add
-        elif m.base == applied:
-            self.members[m.vni] = (self.members.get(m.vni, set()) - remove) | add
+        elif m.base == applied:  # in place: O(delta), not a copy of a big member set
+            held = self.members.setdefault(m.vni, set())
+            held -= remove
+            held |= add
         else:
             return  # delta from a base we do not hold: the next register fixes it
         self.applied[m.vni] = m.generation
