@@ -37,7 +37,7 @@ from vxsnd import push
 from vxsnd import registry as store
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff, InFlight, Plan
-from vxsnd.stamp import Stamped
+from vxsnd.stamp import Stamped, sender_prefix
 
 BURST_ALLOWANCE = 0.0001  # extra ack wait per datagram still ahead in the burst
 CACHE_MAX = 65536  # carried changes kept before the cache is cleared
@@ -145,6 +145,7 @@ class Pushes:
         self.vni_nodes = vni_nodes
         self.codec = codec
         self.seq = seq
+        self._prefix = sender_prefix(seq.sender, seq.incarnation)
         self.metrics = metrics
         self.budget = budget
         self.backoff = backoff
@@ -391,8 +392,11 @@ class Pushes:
             counts["retransmits"] += 1
         counts["snapshot" if parts[0].message.base is None else "delta"] += 1
         counts["datagrams"] += len(parts)
+        seq, time_ms = self.seq.take(len(parts))
+        prefix = self._prefix
         for part in parts:
-            out.append((part.stamp(self.seq.next()), node.addr, node.via))
+            out.append((part.stamp_at(prefix, seq, time_ms), node.addr, node.via))
+            seq += 1
         rto = self.rtt.rto()
         if inflight is None:
             inflight = node.inflight[vni] = InFlight.start(plan.generation, now, self.backoff, rto)

@@ -7,10 +7,17 @@ from dataclasses import replace
 import pytest
 
 from vxflood.schema.keys import Key, Keyring
-from vxflood.schema.wire import Codec, Envelope, Membership, address, split_membership
+from vxflood.schema.wire import (
+    Codec,
+    Envelope,
+    Membership,
+    Sequencer,
+    address,
+    split_membership,
+)
 from vxsnd import push
 from vxsnd.push import Backoff, InFlight, Plan
-from vxsnd.stamp import Stamped
+from vxsnd.stamp import Stamped, sender_prefix
 
 
 def test_plan_up_to_date_needs_nothing() -> None:
@@ -105,6 +112,15 @@ def test_stamped_equals_codec_encode(keyed: bool) -> None:
             expect = codec.encode(replace(part, env=env))
             assert st.stamp(env) == expect
             assert codec.decode(st.stamp(env)).env == env
+            prefix = sender_prefix(env.sender, env.incarnation)
+            assert st.stamp_at(prefix, env.seq, env.time_ms) == expect
+
+
+def test_sequencer_take_numbers_a_burst_and_stamps_it_alike() -> None:
+    seq = Sequencer("srv", incarnation=5, clock=lambda: 1_700_000_000.25)
+    seq.next()
+    assert seq.take(3) == (2, 1_700_000_000_250)
+    assert seq.next().seq == 5
 
 
 def test_stranded_delta() -> None:
