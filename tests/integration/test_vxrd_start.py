@@ -1,10 +1,12 @@
-"""What a vxrd start-up imports (issue 11): aiohttp only when --metrics is given.
+"""What a vxrd start-up imports (issue 11): aiohttp and prometheus_client only
+when --metrics is given (prometheus_client at the first scrape).
 
 vxrd is started for real in a fresh process inside a network namespace with one
 VXLAN device (vxrd.cli.serve: kernel dump, status socket, registrar), its status
-socket is asked once, it is stopped, and the process reports which aiohttp modules
-it had imported. The same run with --metrics is the positive control: the check
-would see aiohttp if it were there.
+socket is asked once (and its metrics endpoint scraped, when it has one), it is
+stopped, and the process reports which aiohttp and prometheus_client modules it
+had imported. The same run with --metrics is the positive control: the check
+would see them if they were there.
 """
 
 from __future__ import annotations
@@ -45,11 +47,23 @@ async def main() -> None:
         answer = await reader.read()
         writer.close()
         break
+    scraped = b""
+    if config.metrics is not None:
+        reader, writer = await asyncio.open_connection(*config.metrics)
+        writer.write(b"GET /metrics HTTP/1.1\\r\\nHost: vxrd\\r\\nConnection: close\\r\\n\\r\\n")
+        scraped = await reader.read()
+        writer.close()
     stop.set()
     await task
     status = json.loads(answer.partition(b"\\r\\n\\r\\n")[2])
-    mods = sorted(m for m in sys.modules if m == "aiohttp" or m.startswith("aiohttp."))
-    print(json.dumps({"node_id": status["node_id"], "aiohttp": mods}))
+    def mods(top):
+        return sorted(m for m in sys.modules if m == top or m.startswith(top + "."))
+    print(json.dumps({
+        "node_id": status["node_id"],
+        "aiohttp": mods("aiohttp"),
+        "prometheus_client": mods("prometheus_client"),
+        "scraped": b"vxrd_fdb_adds_total" in scraped,
+    }))
 
 asyncio.run(main())
 """
@@ -74,17 +88,22 @@ def start_and_report(ns: str, tmp_path: Path, *args: str) -> dict[str, object]:
     return report
 
 
-def test_vxrd_without_metrics_never_imports_aiohttp(ns: str, tmp_path: Path) -> None:
+def test_vxrd_without_metrics_never_imports_aiohttp_or_prometheus(ns: str, tmp_path: Path) -> None:
     plain = start_and_report(ns, tmp_path)
-    assert plain["aiohttp"] == []
+    assert plain["aiohttp"] == [] and plain["prometheus_client"] == []
     assert isinstance(plain["node_id"], str) and plain["node_id"]  # it really served
     with_metrics = start_and_report(ns, tmp_path, "--metrics", "127.0.0.1:9791")
     assert "aiohttp.web" in with_metrics["aiohttp"]  # type: ignore[operator]
+    assert "prometheus_client" in with_metrics["prometheus_client"]  # type: ignore[operator]
+    assert with_metrics["scraped"] is True
     assert with_metrics["node_id"] == plain["node_id"]  # kept in the state dir
 
 
 def test_importing_the_entry_module_does_not_import_aiohttp() -> None:
-    code = "import sys, vxrd.cli, vxrd.ctl; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
+    code = (
+        "import sys, vxrd.cli, vxrd.ctl; "
+        "print(sorted(m for m in sys.modules if 'aiohttp' in m or 'prometheus' in m))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
