@@ -8,14 +8,22 @@ package alike (they ship as package data next to this file).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
+
+# The newest revision in versions/, so that a vxsnd starting on a registry at the head
+# needs no Alembic import to know it; tests/unit check it against Alembic's own answer.
+HEAD_REVISION = "0002"
 
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic `Config` for the registry at `url` (None: see env.py's fallbacks)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
     cfg.attributes["programmatic"] = True

@@ -344,3 +344,11 @@ async def test_watchdog_pings_come_from_the_loop(notify_socket: tuple[socket.soc
         pings += 1
     life.stop()
     await asyncio.wait_for(run, 5)
+
+
+def test_the_head_revision_constant_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from vxflood.migrations import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD_REVISION]

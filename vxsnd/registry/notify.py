@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-import asyncpg
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
@@ -72,6 +71,8 @@ async def _listen_once(
     url: str, registry_id: Callable[[], str], token: str, wake: Callable[[], None], link: _Link
 ) -> None:
     """Listen until the connection is lost or the registry id changes; then return."""
+    import asyncpg  # only a PostgreSQL registry listens: SQLite never imports it
+
     conn: Any = await asyncpg.connect(
         _dsn(url), server_settings={"application_name": "vxsnd-listen"}
     )
