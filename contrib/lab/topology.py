@@ -58,10 +58,14 @@ class LabError(RuntimeError):
 
 
 def new_prefix(base: str = "vxt") -> str:
-    """A fresh prefix: ``<base><pid % 10000><3 random hex>`` (at most 10 chars), not used
-    by any namespace that exists now."""
+    """A fresh prefix: ``<base><pid, last digits><3 random hex>``, 10 chars at most (as
+    many pid digits as the base leaves room for), not used by any namespace that
+    exists now."""
+    digits = 10 - 3 - len(base)
+    if digits < 1:
+        raise ValueError(f"lab prefix base {base!r} is longer than 6 chars")
     for _ in range(100):
-        prefix = f"{base}{os.getpid() % 10000}{secrets.token_hex(2)[:3]}"
+        prefix = f"{base}{os.getpid() % 10**digits}{secrets.token_hex(2)[:3]}"
         _check_prefix(prefix)
         if not list_namespaces(prefix):
             return prefix

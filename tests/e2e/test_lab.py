@@ -301,3 +301,11 @@ def test_probe_refuses_foreign_hosts(lab_factory: MakeLab) -> None:
     b = lab_factory(hosts=1)
     with pytest.raises(LabError, match="not a host"):
         broadcast_reaches(a, 100, a.hosts[0], b.hosts)
+
+
+def test_new_prefixes_fit_the_name_rule_for_every_base_length() -> None:
+    for base in ("vxt", "vxcs", "vxbase"):  # the bench bases included: "vxcs" + 4 pid digits
+        prefix = new_prefix(base)  # was 11 chars and refused
+        assert prefix.startswith(base) and len(prefix) <= 10
+    with pytest.raises(ValueError, match="longer than 6"):
+        new_prefix("toolong")
