@@ -109,7 +109,7 @@ class Core:
             settings.budget,
             settings.retransmit,
         )
-        self.pushes.registry_id = registry_id
+        self.pushes.set_identity(registry_id, False)
         self.regs = Registrations(metrics, self.pushes)
         self.pushes.nodes, self.pushes.vni_nodes = self.regs.nodes, self.regs.vni_nodes
         self.watch_wanted = False  # compare the registry's generations in the next step
@@ -133,8 +133,8 @@ class Core:
 
     def set_codec(self, codec: Codec) -> None:
         """Sign and verify with `codec` from now on; pushes encoded so far go."""
-        self.codec = self.pushes.codec = codec
-        self.pushes.forget_encoded()
+        self.codec = codec
+        self.pushes.set_codec(codec)
 
     def set_registry_id(self, registry_id: str) -> None:
         self.registry_id = registry_id

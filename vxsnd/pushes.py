@@ -2,11 +2,9 @@
 
 No I/O and no clock. This module holds the push state of the service node:
 the current generation of every VNI, one `InFlight` per (node, VNI) (on the
-node), the retransmit timer heap, the round-trip estimate and the encode
-caches (for each VNI only at its current generation: the snapshot, the deltas
-per base; the member sets and net changes our own batches carried forward), so
-their memory is bounded by VNIs and members, not by generations. The rules it applies
-are the pure functions of vxsnd.push.
+node), the retransmit timer heap and the round-trip estimate; what each push is
+encoded as comes from vxsnd.encoded. The rules it applies are the pure
+functions of vxsnd.push.
 
 Planning never waits for the registry: a push whose bytes need a registry
 read (a snapshot of members this process has not seen, a delta that spans
@@ -20,27 +18,20 @@ they actually go out.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from vxflood.schema.validate import Address
-from vxflood.schema.wire import (
-    COMPACT_SINCE,
-    Codec,
-    Envelope,
-    Membership,
-    Sequencer,
-    split_membership,
-)
+from vxflood.schema.wire import COMPACT_SINCE, Codec, Sequencer
 from vxsnd import push
 from vxsnd import registry as store
+from vxsnd.encoded import Encodings, Need, NeedDelta, NeedSnapshot
 from vxsnd.metrics import Metrics
 from vxsnd.push import Backoff, InFlight, Plan
 from vxsnd.stamp import Stamped, sender_prefix
 
+__all__ = ["Need", "NeedDelta", "NeedSnapshot", "Node", "Outgoing", "PeerAddr", "Pushes"]
+
 BURST_ALLOWANCE = 0.0001  # extra ack wait per datagram still ahead in the burst
-CACHE_MAX = 65536  # carried changes kept before the cache is cleared
 # datagrams one step plans at most; the rest stay due for the next step (one batch
 # window later). A storm's first step would otherwise hold every member's snapshot
 # at once (2,000 agents in 10 shared VNIs: 176k datagrams, 237 MB) and send them in
@@ -72,62 +63,6 @@ class Node:
         return self.reads >= COMPACT_SINCE
 
 
-@dataclass(slots=True)
-class _Delta:
-    """One delta of a VNI (base -> current generation): its addresses, encoded in
-    each form a push asked for."""
-
-    add: list[Address]
-    remove: list[Address]
-    parts: dict[bool, list[Stamped]] = field(default_factory=dict)  # compact? -> parts
-
-
-@dataclass(frozen=True, slots=True)
-class NeedSnapshot:
-    """Read the members of `vni` (`Registry.member_addresses`), then `snapshot_read`."""
-
-    vni: int
-
-
-@dataclass(frozen=True, slots=True)
-class NeedDelta:
-    """Read the change of `vni` since `base` (`Registry.delta`), then `delta_read`."""
-
-    vni: int
-    base: int
-    generation: int  # the generation the push is planned at
-
-
-Need = NeedSnapshot | NeedDelta
-
-
-# Registry text address -> (sort key, address). The same members are listed in every
-# snapshot and delta of a storm; parsing their text each time was a quarter of
-# vxsnd's CPU in a 1,000 x 10 shared-VNI storm.
-_PARSED: dict[str, tuple[tuple[int, int], Address]] = {}
-PARSED_MAX = 1 << 17  # addresses; cleared when full
-
-
-def addresses(texts: Iterable[str]) -> list[Address]:
-    """Registry text addresses as wire addresses, IPv4 first, in address order."""
-    parsed = _PARSED
-    keyed = []
-    for text in texts:
-        hit = parsed.get(text)
-        if hit is None:
-            addr = ipaddress.ip_address(text)
-            if len(parsed) >= PARSED_MAX:
-                parsed.clear()
-            hit = parsed[text] = ((addr.version, int(addr)), addr)
-        keyed.append(hit)
-    keyed.sort(key=_sort_key)
-    return [addr for _, addr in keyed]
-
-
-def _sort_key(item: tuple[tuple[int, int], Address]) -> tuple[int, int]:
-    return item[0]
-
-
 class Pushes:
     """The push rules applied to the nodes of one protocol core (see the module doc)."""
 
@@ -143,31 +78,16 @@ class Pushes:
     ) -> None:
         self.nodes = nodes
         self.vni_nodes = vni_nodes
-        self.codec = codec
         self.seq = seq
         self._prefix = sender_prefix(seq.sender, seq.incarnation)
         self.metrics = metrics
-        self.budget = budget
         self.backoff = backoff
-        self.registry_id = ""
-        self.learning = False
         self.generations: dict[int, int] = {}
         self.member_count: dict[int, int] = {}
         self.rtt = push.RttEstimator()
         self.dirty: set[tuple[str, int]] = set()
         self._timers: list[tuple[float, str, int]] = []  # (due, node, vni) heap
-        # (vni, compact form?) -> (generation, encoded parts)
-        self._snap: dict[tuple[int, bool], tuple[int, list[Stamped]]] = {}
-        # members per VNI at a generation, carried forward by our own batches so that
-        # a snapshot after a change needs no registry read
-        self._members: dict[int, tuple[int, frozenset[str]]] = {}
-        self._fresh: dict[int, tuple[int, frozenset[str]]] = {}  # read in this step
-        # vni -> (generation, base -> the delta to it, None: a snapshot is better);
-        # only the current generation's: a push is always planned at the current one
-        self._delta: dict[int, tuple[int, dict[int, _Delta | None]]] = {}
-        # (vni, generation) -> what our own batch changed: the delta from the generation
-        # before, encoded only if a push needs it
-        self._changes: dict[tuple[int, int], store.VniChange] = {}
+        self.encoded = Encodings(codec, seq.sender, budget)
         self._started: list[tuple[str, int, InFlight]] = []
         self._deferred: list[tuple[str, int, bool]] = []  # (node, vni, retransmit)
         self._planned = False  # the dirty set and the due timers were taken this step
@@ -180,15 +100,12 @@ class Pushes:
 
     # ------------------------------------------------------------ state
 
-    def forget_encoded(self) -> None:
-        """Drop every encoded push: keys, registry id or learning flag changed."""
-        self._snap.clear()
-        self._delta.clear()
+    def set_codec(self, codec: Codec) -> None:
+        """Sign with `codec` from now on: every encoded push goes."""
+        self.encoded.set_codec(codec)
 
     def set_identity(self, registry_id: str, learning: bool) -> None:
-        if (registry_id, learning) != (self.registry_id, self.learning):
-            self.registry_id, self.learning = registry_id, learning
-            self.forget_encoded()
+        self.encoded.set_identity(registry_id, learning)
 
     def load(self, vnis: Iterable[store.VniSummary]) -> None:
         """Generations and member counts as the registry holds them (at start)."""
@@ -207,30 +124,13 @@ class Pushes:
             if change.generation <= self.generations.get(vni, 0):
                 continue
             self.generations[vni] = change.generation
-            self._snap.pop((vni, False), None)
-            self._snap.pop((vni, True), None)
             count = self.member_count.get(vni, 0) + len(change.added) - len(change.removed)
             self.member_count[vni] = max(count, 0)
             self.metrics.set_members(vni, self.member_count[vni])
-            self._carry_forward(change)
+            self.encoded.moved(change)
             for node_id in self.vni_nodes.get(vni, ()):
                 self.dirty.add((node_id, vni))
         self._vni_gauge()
-        if len(self._changes) > CACHE_MAX:
-            self._changes.clear()
-
-    def _carry_forward(self, change: store.VniChange) -> None:
-        """What our own batch changed is exactly the delta from the generation before
-        (each batch bumps a VNI once), and moves the member set on: agents one
-        generation behind (all of them, normally) get their push without a registry
-        read. The member set only moves on from the generation before; after a gap
-        (another instance wrote in between) the next snapshot reads the registry."""
-        vni, gen = change.vni, change.generation
-        prev = self._members.pop(vni, None)
-        if prev is not None and prev[0] == gen - 1:
-            self._members[vni] = (gen, (prev[1] - change.removed) | change.added)
-        if gen > 1:
-            self._changes[(vni, gen)] = change
 
     def watched(self, current: Mapping[int, int]) -> int:
         """The registry's generations as read by the watch: every VNI that moved
@@ -319,7 +219,7 @@ class Pushes:
             inflight.due += shift + allowance
             heapq.heappush(self._timers, (inflight.due, node_id, vni))
         self._started = []
-        self._fresh.clear()
+        self.encoded.end_step()
         self._planned = False
         self._count()
 
@@ -406,100 +306,22 @@ class Pushes:
         self._started.append((node.node_id, vni, inflight))
 
     def _parts(self, plan: Plan, compact: bool) -> list[Stamped] | Need:
-        """The encoded parts for a plan in the node's form (snapshots and deltas are
-        cached per generation), or the read they wait for."""
-        if plan.base is not None:
-            deltas = self._deltas_at(plan.vni, plan.generation)
-            if plan.base not in deltas:
-                own = (
-                    self._changes.pop((plan.vni, plan.generation), None)
-                    if plan.base == plan.generation - 1
-                    else None
-                )
-                if own is None:
-                    return NeedDelta(plan.vni, plan.base, plan.generation)
-                deltas[plan.base] = self._delta_of(plan.vni, own.added, own.removed)
-            delta = deltas[plan.base]
-            if delta is not None:
-                parts = delta.parts.get(compact)
-                if parts is None:
-                    parts = delta.parts[compact] = self._encode(
-                        plan.vni, plan.generation, plan.base, delta.add, delta.remove, compact
-                    )
-                return parts
-        snap = self._snap.get((plan.vni, compact))
-        if snap is not None and snap[0] == plan.generation:
-            return snap[1]
-        known = self._members.get(plan.vni)
-        if known is None or known[0] != plan.generation:
-            known = self._fresh.get(plan.vni)
-            if known is None:
-                return NeedSnapshot(plan.vni)
-        gen, members = known
-        snap = (gen, self._encode(plan.vni, gen, None, addresses(members), (), compact))
-        self._snap[(plan.vni, compact)] = snap
-        self.member_count[plan.vni] = len(members)
-        self.metrics.set_members(plan.vni, len(members))
-        if gen != plan.generation:  # the registry moved on (another instance wrote)
-            self.generations[plan.vni] = max(gen, self.generations.get(plan.vni, 0))
-        return snap[1]
+        """The encoded parts for a plan in the node's form, or the read they wait for."""
+        parts, seen = self.encoded.parts(plan, compact, self.member_count.get(plan.vni))
+        if seen is not None:
+            self.member_count[seen.vni] = seen.members
+            self.metrics.set_members(seen.vni, seen.members)
+            if seen.generation != plan.generation:  # another instance wrote meanwhile
+                gen = max(seen.generation, self.generations.get(seen.vni, 0))
+                self.generations[seen.vni] = gen
+        return parts
 
     # ------------------------------------------------------------ registry answers
 
     def snapshot_read(self, vni: int, generation: int, members: frozenset[str]) -> None:
         """The answer to a NeedSnapshot: the members of `vni` at `generation`."""
-        self._members[vni] = self._fresh[vni] = (generation, members)
+        self.encoded.snapshot_read(vni, generation, members)
 
     def delta_read(self, need: NeedDelta, delta: store.Delta | None) -> None:
         """The answer to a NeedDelta (None: the change log does not reach `base`)."""
-        deltas = self._deltas_at(need.vni, need.generation)
-        if delta is None or delta.generation != need.generation:
-            deltas[need.base] = None  # a snapshot then
-        else:
-            deltas[need.base] = self._delta_of(need.vni, delta.added, delta.removed)
-
-    def _deltas_at(self, vni: int, generation: int) -> dict[int, _Delta | None]:
-        """The delta cache of `vni` at `generation`; an older generation's goes (a
-        read answered after the VNI moved on is used once, not kept)."""
-        entry = self._delta.get(vni)
-        if entry is not None and entry[0] > generation:
-            return {}
-        if entry is None or entry[0] != generation:
-            entry = self._delta[vni] = (generation, {})
-        return entry[1]
-
-    # ------------------------------------------------------------ encoding
-
-    def _delta_of(self, vni: int, added: Iterable[str], removed: Iterable[str]) -> _Delta | None:
-        """A delta to encode, or None when a snapshot is the better push."""
-        add = addresses(added)
-        remove = addresses(removed)
-        members = self.member_count.get(vni)
-        if members is not None and not push.delta_worth_it(len(add) + len(remove), members):
-            return None
-        return _Delta(add, remove)
-
-    def _encode(
-        self,
-        vni: int,
-        gen: int,
-        base: int | None,
-        add: Iterable[Address],
-        remove: Iterable[Address],
-        compact: bool,
-    ) -> list[Stamped]:
-        probe = Envelope(self.seq.sender, 0, 0, 0)
-        template = Membership(
-            probe,
-            self.registry_id,
-            vni,
-            gen,
-            base,
-            tuple(add),
-            tuple(remove),
-            learning=self.learning,
-            compact=compact,
-        )
-        envs = (probe for _ in iter(int, 1))
-        parts = split_membership(self.codec, template, envs, self.budget)
-        return [Stamped(self.codec, p) for p in parts]
+        self.encoded.delta_read(need, delta, self.member_count.get(need.vni))
