@@ -103,6 +103,7 @@ class Stats:
     dropped_in: int = 0
     rejected: int = 0
     acks: int = 0
+    versions: dict[int, int] = field(default_factory=dict)  # header version -> datagrams
 
 
 @dataclass
@@ -227,6 +228,8 @@ class Agent(asyncio.DatagramProtocol):
             self.stats.dropped_in += 1
             return
         self.stats.received += 1
+        if len(data) > 2:
+            self.stats.versions[data[2]] = self.stats.versions.get(data[2], 0) + 1
         try:
             msg: object = fast_decode(data) if self.fast else self.codec.decode(data)
         except (Rejected, ValueError, KeyError, TypeError):

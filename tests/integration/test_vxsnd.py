@@ -74,6 +74,28 @@ async def test_three_agents_join_and_each_sees_the_other_two(db: str) -> None:
             a.close()
 
 
+async def test_a_mixed_fleet_each_agent_in_the_form_it_reads(tmp_path: Path) -> None:
+    """Agents from before protocol version 3 (their registers say nothing of what
+    they read) get list memberships, version-3 agents compact ones, in one VNI big
+    enough for several parts; all hold the same members."""
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    async with running(make_config(db)) as daemon:
+        addr = server_addr(daemon)
+        old = [await Agent.create(f"old{i}", addr, reads=0) for i in range(150)]
+        new = [await Agent.create(f"new{i}", addr) for i in range(150)]
+        group = old + new
+        addrs = [ipaddress.IPv4Address(0x0A010000 + i + 1) for i in range(len(group))]
+        for a, address in zip(group, addrs, strict=True):
+            a.register({VNI: address})
+        want = set(addrs)
+        await wait_until(lambda: all(a.members.get(VNI) == want for a in group), 20, "all")
+        assert all(set(a.stats.versions) == {1} for a in old)  # replies and lists: v1
+        assert all(a.stats.versions.get(3, 0) >= 1 for a in new)
+        assert all(set(a.stats.versions) <= {1, 3} for a in new)  # replies stay v1
+        for a in group:
+            a.close()
+
+
 async def test_leave_removes_at_once_and_hold_zero_withdraws(db: str) -> None:
     async with running(make_config(db)) as daemon:
         a, b, c = await join_three(daemon)
