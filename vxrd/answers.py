@@ -10,12 +10,17 @@ say `learning` (its registry is new and still filling), or whose registry id
 changed from the one last heard from it, is *additive*: what it says is added
 to the flood lists, nothing is removed because of it, until it answers without
 `learning` and one hold time has passed since the change was seen (`additive`).
+
+Cost (issue 11): a delta edits the member set in place and is logged
+(`VniState.edits`), so what it costs here, and in the planner that follows the
+log (`VniState.changed_since`), is the size of the delta, not of the VNI.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from vxflood.schema.validate import Address
@@ -25,13 +30,18 @@ log = logging.getLogger("vxrd.client")
 
 ASSEMBLY_TIMEOUT = 10.0  # seconds a partial snapshot/delta waits for its other parts
 MAX_ASSEMBLIES = 1024
+EDITS = 16  # deltas logged per server and VNI (enough for a reconcile that lags behind)
+EDIT_MAX = 1024  # addresses a logged delta may touch; a larger one is logged as a replace
 
 __all__ = [
     "ASSEMBLY_TIMEOUT",
+    "EDITS",
+    "EDIT_MAX",
     "MAX_ASSEMBLIES",
     "Outcome",
     "ServerState",
     "VniState",
+    "contributors",
     "counting",
     "union_members",
 ]
@@ -44,11 +54,58 @@ class VniState:
     `applied` is the generation the members correspond to. `stale` is set when the
     server's registry id changed: the members are kept (fail-static) until the new
     registry answers, but count as generation 0 (the empty set) for deltas.
+
+    `members` is edited in place by deltas (a copy would cost the whole VNI per
+    change); readers must not keep it across a change. So that they can follow
+    it without comparing whole sets, `epoch` counts the times it was replaced
+    (a snapshot), and `edits` logs the addresses each of the last deltas
+    touched, by generation: it covers every change from generation `since` on.
     """
 
-    members: frozenset[Address] = frozenset()
+    members: set[Address] = field(default_factory=set)
     applied: int = 0
     stale: bool = False
+    epoch: int = 0
+    since: int = 0
+    edits: deque[tuple[int, tuple[Address, ...]]] = field(default_factory=deque)
+
+    def replace(self, members: set[Address], generation: int) -> None:
+        """A snapshot (or a delta from the empty set): followers compare it all."""
+        self.members = members
+        self.epoch += 1
+        self.edits.clear()
+        self.since = generation
+
+    def edit(self, add: tuple[Address, ...], remove: tuple[Address, ...], generation: int) -> None:
+        """A delta on top of `applied`: edited in place (a removal wins over an add
+        of the same address, as in a set difference taken after the union) and
+        logged for the followers."""
+        self.members.update(add)
+        self.members.difference_update(remove)
+        touched = add + remove
+        if len(touched) > EDIT_MAX:  # too large to log: followers compare it all
+            self.edits.clear()
+            self.since = generation
+            return
+        if len(self.edits) >= EDITS:
+            self.since = self.edits.popleft()[0]
+        self.edits.append((generation, touched))
+
+    def changed_since(self, generation: int) -> list[Address] | None:
+        """Addresses that may be members now and not at `generation`, or the other way
+        round (a superset: check each); None when `generation` is not one the log
+        went through (too far back, ahead, or skipped by a delta that spanned it):
+        compare the whole set instead."""
+        if generation == self.applied:
+            return []
+        out: list[Address] = []
+        for gen, touched in reversed(self.edits):
+            if gen == generation:
+                return out
+            if gen < generation:
+                return None
+            out += touched
+        return out if generation == self.since else None
 
 
 @dataclass(slots=True)
@@ -91,7 +148,8 @@ class ServerState:
         """True once this server has told us anything about the VNI."""
         return vni in self.vnis
 
-    def members(self, vni: int) -> frozenset[Address] | None:
+    def members(self, vni: int) -> Set[Address] | None:
+        """The VNI's members as this server told them (live: read, do not keep)."""
         st = self.vnis.get(vni)
         return None if st is None else st.members
 
@@ -161,15 +219,16 @@ class ServerState:
             out.ignored = "partial"
             return out
         st = self.vnis.setdefault(msg.vni, VniState())
-        add = frozenset(a for p in parts for a in p.add)
-        remove = frozenset(a for p in parts for a in p.remove)
-        # a snapshot, or a delta from generation 0 (the empty set) of a new registry,
-        # replaces the members; any other delta edits them
-        base = frozenset() if msg.base is None or st.stale else st.members
-        # one copy of a member set that may hold thousands, not two; a change with
-        # nothing in it keeps the very object (the planner's desired-set cache hits)
-        members = base | add if add else base
-        st.members = members - remove if remove else members
+        add = tuple(a for p in parts for a in p.add) if len(parts) > 1 else msg.add
+        remove = tuple(a for p in parts for a in p.remove) if len(parts) > 1 else msg.remove
+        if msg.base is None or st.stale:
+            # a snapshot, or a delta from generation 0 (the empty set) of a new
+            # registry: replaces the members
+            members = set(add)
+            members.difference_update(remove)
+            st.replace(members, msg.generation)
+        else:  # any other delta edits them, in place: its size, not the VNI's
+            st.edit(add, remove, msg.generation)
         st.applied = msg.generation
         st.stale = False
         out.changed.add(msg.vni)
@@ -198,8 +257,10 @@ class ServerState:
         return [asm.parts[i] for i in range(msg.parts)]
 
 
-def union_members(states: Iterable[ServerState], vni: int) -> frozenset[Address] | None:
-    """Members of a VNI as the servers tell them; None when none has answered.
+def contributors(states: Iterable[ServerState], vni: int) -> list[tuple[str, VniState]]:
+    """The answers union_members joins, each with the registry id it is the newest
+    answer of ("" for one joined as it is: stale, or from a server with no
+    registry id yet).
 
     Servers on one registry (same registry id) tell the same membership at
     different generations: the newest answer wins, so a server that went silent
@@ -209,21 +270,30 @@ def union_members(states: Iterable[ServerState], vni: int) -> frozenset[Address]
     ordered: they are joined, because keeping an entry is safer than dropping one.
     """
     newest: dict[str, VniState] = {}
-    joined: list[frozenset[Address]] = []
+    joined: list[tuple[str, VniState]] = []
     for st in states:
         v = st.vnis.get(vni)
         if v is None:
             continue
         if v.stale or not st.registry:
-            joined.append(v.members)
+            joined.append(("", v))
             continue
         best = newest.get(st.registry)
         if best is None or v.applied > best.applied:
             newest[st.registry] = v
-    joined += (v.members for v in newest.values())
+    joined += newest.items()
+    return joined
+
+
+def union_members(states: Iterable[ServerState], vni: int) -> Set[Address] | None:
+    """Members of a VNI as the servers tell them (see contributors); None when none
+    has answered. One answer is returned as it is (live: read, do not keep)."""
+    joined = contributors(states, vni)
     if not joined:
         return None
-    return joined[0] if len(joined) == 1 else frozenset().union(*joined)
+    if len(joined) == 1:
+        return joined[0][1].members
+    return frozenset().union(*(v.members for _, v in joined))
 
 
 def counting(

@@ -22,6 +22,13 @@ top of it, so a change made while the kernel was being read is not lost
 under an older snapshot. One silent
 change is not followed: `bridge fdb replace` of an all-zero entry swaps its
 first destination and notifies only the new one; the periodic dump fixes it.
+
+The planner follows the mirror without comparing whole flood lists (issue 11):
+every change notified is journalled per device (`take`), and a device whose
+entries were replaced wholesale (a dump) or changed too much to journal is
+reported as such, to be compared in full. vxrd's own writes are not journalled:
+they are the plan the planner committed to (vxrd.planner.Planner.commit), and
+one that fails turns the device stale, to be read again.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from collections.abc import Iterable, Mapping, Set
 from vxflood.schema.validate import Address
 from vxrd.model import FloodChange, FloodDiff
 
-__all__ = ["FloodMirror", "drifted"]
+__all__ = ["JOURNAL_MAX", "FloodMirror", "drifted"]
+
+JOURNAL_MAX = 4096  # addresses journalled per device before it counts as replaced
 
 
 class FloodMirror:
@@ -42,6 +51,8 @@ class FloodMirror:
         self._complete = False  # False until the first full dump, and after lost events
         self._stale: set[int] = set()  # devices to re-read before they are trusted
         self._during_read: list[FloodChange] | None = None  # events since begin_read()
+        # per device, the addresses changed since the last take(); None: replaced
+        self._journal: dict[int, set[Address] | None] = {}
 
     @property
     def complete(self) -> bool:
@@ -57,6 +68,27 @@ class FloodMirror:
         an await (the mirror changes in place as notifications arrive)."""
         return self._entries.get(ifindex, _EMPTY)
 
+    def take(self, ifindex: int) -> set[Address] | None:
+        """The device's addresses whose presence may have changed since the last take
+        (a superset), and a fresh journal from now on; None when its entries were
+        replaced wholesale since: compare them all. One reader (the planner)."""
+        return self._journal.pop(ifindex, set())
+
+    def _replaced(self, ifindex: int) -> None:
+        self._journal[ifindex] = None
+
+    def _touched(self, ifindex: int, addresses: Iterable[Address]) -> None:
+        journal = self._journal
+        seen = journal.get(ifindex, _FRESH)
+        if seen is None:
+            return
+        if seen is _FRESH:
+            seen = journal[ifindex] = set(addresses)
+        else:
+            seen.update(addresses)
+        if len(seen) > JOURNAL_MAX:  # bounded, also for devices nobody plans for
+            journal[ifindex] = None
+
     def begin_read(self) -> None:
         """A dump is about to be requested: keep the events applied from now on, to
         apply them again on top of it (load, load_device)."""
@@ -68,7 +100,11 @@ class FloodMirror:
 
     def load(self, entries: Mapping[int, Iterable[Address]]) -> None:
         """Replace everything with a full dump."""
+        for ifindex in self._entries:
+            self._replaced(ifindex)
         self._entries = {i: set(a) for i, a in entries.items() if a}
+        for ifindex in self._entries:
+            self._replaced(ifindex)
         self._complete = True
         self._stale.clear()
         self._replay(None)
@@ -76,6 +112,7 @@ class FloodMirror:
     def load_device(self, ifindex: int, entries: Iterable[Address]) -> None:
         """Replace one device with a dump of that device."""
         found = set(entries)
+        self._replaced(ifindex)
         if found:
             self._entries[ifindex] = found
         else:
@@ -100,6 +137,7 @@ class FloodMirror:
         """The device is gone."""
         self._entries.pop(ifindex, None)
         self._stale.discard(ifindex)
+        self._journal.pop(ifindex, None)  # its reader forgets it too (Planner.drop_device)
 
     def apply(self, changes: Iterable[FloodChange]) -> list[FloodChange]:
         """Follow kernel notifications; return those the mirror did not know yet.
@@ -129,6 +167,7 @@ class FloodMirror:
                 if not have:
                     del entries[ifindex]
             news.append(change)
+            self._touched(ifindex, (address,))
         return news
 
     def written(
@@ -146,8 +185,10 @@ class FloodMirror:
             have = self._entries.get(ifindex)
             if have is None:
                 have = set()
-            have.difference_update(diff.remove if not skip else diff.remove - skip)
-            have.update(diff.add if not skip else diff.add - skip)
+            remove = diff.remove if not skip else diff.remove - skip
+            add = diff.add if not skip else diff.add - skip
+            have.difference_update(remove)
+            have.update(add)
             if have:
                 self._entries[ifindex] = have
             else:
@@ -155,6 +196,7 @@ class FloodMirror:
 
 
 _EMPTY: frozenset[Address] = frozenset()
+_FRESH: set[Address] = set()  # journal.get()'s default: no entry yet (never filled)
 
 
 def drifted(wanted: Mapping[int, Set[Address]], changes: Iterable[FloodChange]) -> set[int]:

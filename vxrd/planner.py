@@ -16,23 +16,40 @@ Rules, in one place:
 - while a counting server is additive (learning, or its registry id changed
   less than a hold time ago: answers.ServerState.additive) entries are only
   added, never removed (fail-static across registry loss).
+
+Cost (issue 11): a membership delta or a kernel notification costs its own
+size, not the VNI's. Per device, a `reconcile.FloodState` holds the desired
+set and its difference from the mirror; each plan edits it with what changed
+since the last one: the addresses the answers' edit logs name
+(`VniState.changed_since`) and those the mirror journalled (`FloodMirror.take`).
+Whenever that cannot be known (the answers that count are other ones, a
+snapshot replaced one, a log does not reach back, the mirror was read again,
+the local address changed) it is built from whole sets again: a full
+reconcile, O(members), with the same result.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
+from itertools import chain
 
 from vxflood.schema.validate import Address
-from vxrd.answers import ServerState, counting, union_members
+from vxrd.answers import ServerState, VniState, contributors, counting, union_members
 from vxrd.config import Config
 from vxrd.mirror import FloodMirror, drifted
 from vxrd.model import FloodChange, FloodDiff, VxlanDevice
-from vxrd.reconcile import desired_for, reconcile
+from vxrd.reconcile import FloodState, desired_set, wants
 
 log = logging.getLogger("vxrd")
+
+# a change touching more than 1/FOLLOW_SHARE of a device's list (at least
+# FOLLOW_MIN addresses) is compared in full: C-level set operations over the
+# whole list then cost less than following it address by address in Python
+FOLLOW_SHARE = 4
+FOLLOW_MIN = 64
 
 MANAGED = "managed"
 DOWN = "down"
@@ -73,33 +90,58 @@ def classify(dev: VxlanDevice, config: Config) -> DeviceView:
 
 @dataclass(slots=True)
 class Plan:
-    """One reconcile's decision: the writes per device, the flood lists decided on
-    for the managed devices, and how many of the writes undo changes made outside
-    vxrd."""
+    """One reconcile's decision: the writes per device, the flood state each
+    managed device's list was decided from (and whether extra entries are kept),
+    and how many of the writes undo changes made outside vxrd."""
 
     diffs: dict[int, FloodDiff] = field(default_factory=dict)
-    programmed: dict[int, frozenset[Address]] = field(default_factory=dict)
+    decided: dict[int, tuple[FloodState, bool]] = field(default_factory=dict)
     repairs: int = 0
 
 
-# What the servers said about one VNI, as far as union_members looks at it: per server
-# (registry, generation, stale, members); members compared by identity (replaced,
-# never mutated, on change), the rest by value.
-_Sources = tuple[tuple[str, int, bool, frozenset[Address]] | None, ...]
+# What a FloodState was last brought up to date with: the answers it follows (as
+# contributors() gives them), each with its epoch and generation then.
+_Seen = tuple[tuple[str, VniState, int, int], ...]
 
 
-def _sources(states: Sequence[ServerState], vni: int) -> _Sources:
-    return tuple(
-        None if (v := st.vnis.get(vni)) is None else (st.registry, v.applied, v.stale, v.members)
-        for st in states
-    )
+@dataclass(slots=True)
+class _Follow:
+    vni: int
+    local: Address | None
+    seen: _Seen
+    state: FloodState
 
 
-def _same_sources(a: _Sources, b: _Sources) -> bool:
-    return len(a) == len(b) and all(
-        x is y or (x is not None and y is not None and x[:3] == y[:3] and x[3] is y[3])
-        for x, y in zip(a, b, strict=True)
-    )
+def _seen(sources: list[tuple[str, VniState]]) -> _Seen:
+    return tuple((reg, v, v.epoch, v.applied) for reg, v in sources)
+
+
+def _changed(
+    follow: _Follow, vni: int, local: Address | None, sources: list[tuple[str, VniState]]
+) -> list[Address] | None:
+    """Addresses whose membership in the union of `sources` may differ from what
+    `follow` last saw; None when that cannot be told without comparing it all
+    (another VNI or local address, other answers, a log that does not reach back).
+
+    An answer joined as it is ("" registry: stale, or no registry id) must be
+    the very one seen, not replaced since. The newest answer of a registry may
+    come from another server than before: one registry tells one membership per
+    generation (answers.contributors), so its edit log from the generation seen
+    on tells the change."""
+    seen = follow.seen
+    if follow.vni != vni or follow.local != local or len(seen) != len(sources):
+        return None
+    out: list[Address] = []
+    for (reg, v), (reg0, v0, epoch0, applied0) in zip(sources, seen, strict=True):
+        if reg != reg0 or (not reg and (v is not v0 or v.epoch != epoch0)):
+            return None
+        if v is v0 and v.epoch == epoch0 and v.applied == applied0:
+            continue
+        changed = v.changed_since(applied0)
+        if changed is None:
+            return None
+        out += changed
+    return out
 
 
 class Planner:
@@ -110,11 +152,10 @@ class Planner:
         self.hold = float(config.hold_time)
         self.devices: dict[int, DeviceView] = {}
         self.mirror = FloodMirror()  # the kernel's flood lists, between dumps
-        self.programmed: dict[int, frozenset[Address]] = {}  # ifindex -> desired last written
+        self.programmed: dict[int, Set[Address]] = {}  # ifindex -> the list last decided on
         self._wanted: frozenset[int] | None = None  # VNIs of eligible devices; None: recompute
         self._logged: dict[int, str] = {}
-        # ifindex -> (what the servers said, as _sources() keys it; local; desired)
-        self._cache: dict[int, tuple[_Sources, Address | None, frozenset[Address] | None]] = {}
+        self._flood: dict[int, _Follow] = {}  # ifindex -> its flood state, and what it follows
 
     # -- devices ------------------------------------------------------------------
 
@@ -134,7 +175,7 @@ class Planner:
         self._wanted = None
         self.programmed.pop(ifindex, None)
         self.mirror.forget(ifindex)
-        self._cache.pop(ifindex, None)
+        self._flood.pop(ifindex, None)
         self._logged.pop(ifindex, None)
         if view is not None and view.eligible:
             log.info("%s: deleted, VNI %s withdrawn", view.dev.name, view.dev.vni)
@@ -216,41 +257,39 @@ class Planner:
 
     # -- flood lists ----------------------------------------------------------------
 
-    def members(
-        self, states: Sequence[ServerState], vni: int, now: float
-    ) -> frozenset[Address] | None:
+    def members(self, states: Sequence[ServerState], vni: int, now: float) -> Set[Address] | None:
         """The members of `vni` as the servers that count tell them."""
         return union_members(counting(states, vni, now, self.hold), vni)
 
     def plan(self, states: Sequence[ServerState], now: float) -> Plan:
         """What to write so every managed device holds the union of what the
-        servers said, from the mirror. Changes nothing: see commit()."""
+        servers said, from the mirror. Decides nothing (see commit()): it only
+        brings the devices' flood states up to date with the answers and the
+        mirror, which planning again, committed or not, would do the same."""
         plan = Plan()
         for ifindex, view in self.devices.items():
             if view.status != MANAGED or view.dev.vni is None:
                 continue
             counted = counting(states, view.dev.vni, now, self.hold)
-            desired = self._desired(ifindex, view, counted)
-            if desired is None:
+            state = self._state(ifindex, view, counted)
+            if state is None:
                 continue  # no server answered yet: adopt what the kernel holds
-            actual = self.mirror.get(ifindex)
-            if any(s.additive(now, self.hold) for s in counted):
-                diff = FloodDiff(add=frozenset(desired - actual))
-                if not actual <= desired:
-                    desired = desired | actual  # kept: not removed because of it
-            else:
-                diff = reconcile(desired, actual)
+            kept = any(s.additive(now, self.hold) for s in counted)
+            diff = state.diff(kept)
             before = self.programmed.get(ifindex)
-            if before is not None:
-                plan.repairs += len(diff.add & before) + len(diff.remove - before)
-            plan.programmed[ifindex] = desired
+            if before is not None and not diff.empty:
+                plan.repairs += sum(1 for a in diff.add if a in before)
+                plan.repairs += sum(1 for a in diff.remove if a not in before)
+            plan.decided[ifindex] = (state, kept)
             if not diff.empty:
                 plan.diffs[ifindex] = diff
         return plan
 
     def commit(self, plan: Plan) -> None:
         """The plan is being carried out: remember what was decided."""
-        self.programmed.update(plan.programmed)
+        for ifindex, (state, kept) in plan.decided.items():
+            state.commit(kept)
+            self.programmed[ifindex] = state.decided
 
     def next_authority(self, states: Sequence[ServerState], now: float) -> float | None:
         """The earliest time a server's additive period ends by the clock (plan again
@@ -262,21 +301,34 @@ class Planner:
         ]
         return min(ends, default=None)
 
-    def _desired(
+    def _state(
         self, ifindex: int, view: DeviceView, counted: Sequence[ServerState]
-    ) -> frozenset[Address] | None:
-        """desired_for() of what the counting servers said, cached while that input
-        and the local address stay the same."""
+    ) -> FloodState | None:
+        """The device's flood state, up to date with what the counting servers said
+        and with the mirror; None when no server answered for its VNI yet."""
         vni = view.dev.vni
         assert vni is not None
-        sources = _sources(counted, vni)
-        hit = self._cache.get(ifindex)
-        if hit is not None and hit[1] == view.local and _same_sources(hit[0], sources):
-            return hit[2]
-        members = union_members(counted, vni)
-        desired = None if members is None else desired_for(members, view.local)
-        self._cache[ifindex] = (sources, view.local, desired)
-        return desired
+        touched = self.mirror.take(ifindex)
+        sources = contributors(counted, vni)
+        if not sources:
+            self._flood.pop(ifindex, None)
+            return None
+        actual = self.mirror.get(ifindex)
+        members = [v.members for _, v in sources]
+        follow = self._flood.get(ifindex)
+        changed = None
+        if follow is not None and touched is not None:
+            changed = _changed(follow, vni, view.local, sources)
+            limit = max(FOLLOW_MIN, len(follow.state.desired) // FOLLOW_SHARE)
+            if changed is not None and len(changed) + len(touched) > limit:
+                changed = None
+        if follow is None or touched is None or changed is None:
+            state = FloodState(desired_set(members, view.local), actual)
+            self._flood[ifindex] = _Follow(vni, view.local, _seen(sources), state)
+            return state
+        follow.state.update(chain(changed, touched), wants(members, view.local), actual)
+        follow.seen = _seen(sources)
+        return follow.state
 
     def forget_programmed(self) -> None:
         self.programmed.clear()

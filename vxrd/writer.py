@@ -39,14 +39,23 @@ class FloodWriter:
                 self.mirror.load_device(ifindex, found.get(ifindex, ()))
 
     async def apply(self, diffs: dict[int, FloodDiff]) -> None:
-        """Write, and record in the mirror what the kernel took."""
+        """Write, and record in the mirror what the kernel took.
+
+        The mirror takes the writes before the kernel is asked: their echo, read by
+        the event watcher while this waits, is then no news (no drift, nothing
+        for the planner to follow: a snapshot's thousands would cost the next
+        change a full compare). Afterwards, a device with a failed entry turns
+        stale; notifications read meanwhile stay applied on top."""
         t0 = time.perf_counter()
+        self.mirror.written(diffs)
         try:
             result = await self.kernel.apply(diffs)
         except BaseException:
             self._unknown(diffs)
             raise
-        self.record(diffs, result, t0)
+        for e in result.errors:
+            self.mirror.mark_stale(e.ifindex)
+        self._account(diffs, result, t0)
 
     async def flush(self, devices: Iterable[int]) -> dict[int, FloodDiff]:
         """Remove every flood entry of `devices`; returns what was removed."""
@@ -78,6 +87,9 @@ class FloodWriter:
         """A write's outcome: into the mirror (a device with a failed entry turns
         stale), the metrics and the log."""
         self.mirror.written(diffs, [(e.ifindex, e.address) for e in result.errors])
+        self._account(diffs, result, t0)
+
+    def _account(self, diffs: dict[int, FloodDiff], result: ApplyResult, t0: float) -> None:
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         if result.added:  # a metric update takes a lock: none for nothing
             self.metrics.fdb_adds.inc(result.added)
