@@ -15,7 +15,7 @@ BENCHMARKS = (
     ("vxsnd: simulated agents", ["tests.benchmarks.bench_vxsnd"], False),
     ("kernel layer vs bridge -batch", ["tests.benchmarks.bench_kernel"], True),
     ("vxrd snapshot vs bridge -batch", ["tests.benchmarks.bench_snapshot"], True),
-    ("vxrd per change at 10k entries", ["tests.benchmarks.bench_reconcile"], True),
+    ("vxrd per change at 10 to 10k entries", ["tests.benchmarks.bench_reconcile"], True),
     ("join/leave convergence", ["tests.benchmarks.bench_convergence"], True),
 )
 
