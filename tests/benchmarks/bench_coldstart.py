@@ -7,6 +7,8 @@ moment; the clock stops when every host's vx100 holds the all-zero entry of
 every other host, as seen by one netlink listener per namespace
 (bench_convergence's observer: no polling of `bridge fdb`).
 
+Bytecode is compiled first, as an installed vxrd has it (tests/benchmarks/bytecode.py).
+
 Floor, same lab, same run: N minimal Python processes started at the same
 moment, each only opening a UDP socket on its host's underlay address and
 saying so; the clock stops when the last has. What a Python agent per host
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from contrib.lab import Lab, new_prefix
 from tests.benchmarks.bench_convergence import Event, Observer
+from tests.benchmarks.bytecode import compile_tree
 
 PORT = 10001
 VNI = 100
@@ -185,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_coldstart: must run as root (network namespaces)", file=sys.stderr)
         return 2
+    compile_tree(Path(__file__).resolve().parents[2])
     rows = [(n, run(n, args.reps)) for n in args.hosts]
     print(f"{'N':>4}  {'floor s':>8}  {'cold s':>7}  {'x floor':>7}  {'vxrd CPU s':>10}")
     for n, r in rows:
