@@ -29,9 +29,8 @@ import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from pyroute2 import netns as pr_netns
-
 from vxrd.model import Address, ApplyError, ApplyResult, FdbChanged, FloodChange, Resync
+from vxrd.rtnl import netns as pr_netns
 
 # linux/netlink.h, rtnetlink.h, neighbour.h
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 0, 270, 1

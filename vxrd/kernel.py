@@ -21,12 +21,6 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_GETLINK, RTMGRP_LINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
 from vxrd import floodnl
 from vxrd.caps import NO_NET_ADMIN, NoNetAdmin, has_net_admin
 from vxrd.floodnl import FloodOp, KernelError
@@ -44,6 +38,15 @@ from vxrd.model import (
     LinkRemoved,
     Resync,
     VxlanDevice,
+)
+from vxrd.rtnl import (
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    RTM_GETLINK,
+    RTMGRP_LINK,
+    AsyncIPRoute,
+    NetlinkError,
+    ifinfmsg,
 )
 
 __all__ = [
