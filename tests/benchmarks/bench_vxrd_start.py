@@ -6,7 +6,10 @@ wait4, RSS = its peak; median of --repeat runs, rows interleaved so machine nois
 hits all of them alike):
 
     bare       python -c pass
-    floor      import asyncio, msgpack, pyroute2 (what vxrd cannot do without)
+    floor      import asyncio, msgpack, vxrd.rtnl (what vxrd cannot do without:
+               pyroute2's rtnetlink as vxrd imports it)
+    pyroute2   import asyncio, msgpack, pyroute2 (the whole package, as vxrd
+               imported it before vxrd.rtnl)
     before     import aiohttp.web first, then vxrd.cli: what vxrd.cli cost while the
                status socket and metrics imported aiohttp at start-up (or, with
                --before-tree DIR, `import vxrd.cli` from that checkout, e.g. a
@@ -42,7 +45,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 IMPORTS = {
     "bare": "pass",
-    "floor": "import asyncio, msgpack, pyroute2",
+    "floor": "import asyncio, msgpack, vxrd.rtnl",
+    "pyroute2": "import asyncio, msgpack, pyroute2",
     "before": "import aiohttp.web; import vxrd.cli",
     "after": "import vxrd.cli",
 }
