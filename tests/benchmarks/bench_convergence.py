@@ -340,6 +340,15 @@ class Result:
     timeouts: int = 0
     apply_ms: list[float] = field(default_factory=list)  # push -> fdb event, per host
     cpu_ms: dict[str, float] = field(default_factory=dict)  # daemon CPU per op (ms)
+    agent_cpu_ms: float | None = None  # floor rows: one floor agent's CPU per op (ms)
+
+
+def schedstat_ns(pid: int) -> int:
+    """CPU time so far of a process (ns, /proc/PID/schedstat); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except OSError:
+        return 0
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -440,12 +449,17 @@ class Bench:
         self.procs.append((label, proc, log))
 
     def cpu_ns(self) -> dict[str, int]:
-        """CPU time so far (ns, from /proc/PID/schedstat) of vxsnd and of all vxrds together."""
-        out = {"vxsnd": 0, "vxrd": 0}
+        """CPU time so far (ns, from /proc/PID/schedstat) of vxsnd, of all vxrds together,
+        and of the joiner's vxrd alone (it applies a whole snapshot on a join, where every
+        other vxrd applies one change)."""
+        out = {"vxsnd": 0, "vxrd": 0, "joiner": 0}
+        joiner = f"vxrd-h{self.joiner.index}"
         for label, proc, _ in self.procs:
             with contextlib.suppress(OSError):
                 ns = int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[0])
                 out["vxsnd" if label == "vxsnd" else "vxrd"] += ns
+                if label == joiner:
+                    out["joiner"] += ns
         return out
 
     def _check_alive(self) -> None:
@@ -539,8 +553,8 @@ class Bench:
     def run_ops(self, obs: Observer, cap: Capture | None, joins: int, label: str) -> list[Result]:
         join, leave = Result(self.n, f"join{label}"), Result(self.n, f"leave{label}")
         cpu = {
-            "join": dict.fromkeys(("vxsnd", "vxrd"), 0),
-            "leave": dict.fromkeys(("vxsnd", "vxrd"), 0),
+            "join": dict.fromkeys(("vxsnd", "vxrd", "joiner"), 0),
+            "leave": dict.fromkeys(("vxsnd", "vxrd", "joiner"), 0),
         }
         for i in range(joins):
             for op, result, action in (
@@ -617,9 +631,14 @@ class Bench:
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "ready":
                     raise RuntimeError("a floor agent did not start")
-            return self.controlled(
+            before = sum(schedstat_ns(proc.pid) for proc in agents)
+            results = self.controlled(
                 joins, "floor", lambda h, msg: sender.sendto(msg, (h.underlay, FLOOR_PORT))
             )
+            spent = sum(schedstat_ns(proc.pid) for proc in agents) - before
+            for r in results:  # joins and leaves alike: one datagram, one netlink write
+                r.agent_cpu_ms = spent / 1e6 / (2 * joins * len(agents))
+            return results
         finally:
             sender.close()
             for proc in agents:
@@ -739,14 +758,27 @@ def report(results: Sequence[Result]) -> str:
             f"{r.cpu_ms['vxsnd']:.2f}",
             f"{r.cpu_ms['vxrd']:.2f}",
             f"{r.cpu_ms['vxrd'] / r.n:.2f}",
+            f"{r.cpu_ms['joiner']:.2f}",
+            f"{(r.cpu_ms['vxrd'] - r.cpu_ms['joiner']) / (r.n - 1):.2f}",
         ]
         for r in results
         if r.cpu_ms
     ]
     if cpu_rows:
         out.append("")
-        out.append("CPU per operation (ms, from /proc/PID/schedstat; includes the settle pause):")
-        out.append(table(["N", "op", "vxsnd", "all vxrd", "per vxrd"], cpu_rows))
+        out.append("CPU per operation (ms, from /proc/PID/schedstat; includes the settle pause;")
+        out.append("'per other vxrd': each host other than the joiner, which applies one change):")
+        out.append(
+            table(
+                ["N", "op", "vxsnd", "all vxrd", "per vxrd", "joiner", "per other vxrd"], cpu_rows
+            )
+        )
+    agent_cpu = [r.agent_cpu_ms for r in results if r.agent_cpu_ms is not None]
+    if agent_cpu:
+        out.append(
+            f"floor agent: {agent_cpu[0]:.2f} ms CPU per change per host "
+            "(one datagram in, one netlink write; same pauses)"
+        )
     ratios = []
     for ref in ("baseline", "floor"):
         base = {(r.n, r.op.split()[0]): r for r in results if f"({ref})" in r.op and r.samples}
