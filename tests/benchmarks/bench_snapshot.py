@@ -15,7 +15,8 @@ end, also on failure, Ctrl-C or SIGTERM), each with one VXLAN device vx100
 no refresh or periodic full reconcile falls into a measured step) and, in this
 process, a scripted service node on the namespace's loopback (a UDP socket
 made inside it) that answers vxrd's register, then per round sends a snapshot
-of N IPv4 members (schema.wire.split_membership, default budget), a one-member
+of N IPv4 members (schema.wire.split_membership, default budget; in the compact
+form of version 3 when the register says vxrd reads it, as vxsnd would), a one-member
 delta (base = the snapshot's generation) and an empty snapshot that removes
 everything, so every round starts from an empty flood list. The second
 namespace is the baseline's: `bridge -n NS -batch FILE` appends the same N
@@ -75,7 +76,15 @@ from typing import Any
 from pyroute2 import netns as pr_netns
 
 from vxflood.schema.validate import Address
-from vxflood.schema.wire import Ack, Codec, Membership, Register, Sequencer, split_membership
+from vxflood.schema.wire import (
+    COMPACT_SINCE,
+    Ack,
+    Codec,
+    Membership,
+    Register,
+    Sequencer,
+    split_membership,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VNI = 100
@@ -156,6 +165,7 @@ class Server:
         self.seq = Sequencer("bench-sn")
         self.gen = 0
         self.peer: tuple[str, int] | None = None
+        self.compact = False  # the form vxsnd would send: compact to a vxrd reading version 3
 
     def close(self) -> None:
         self.sock.close()
@@ -164,6 +174,7 @@ class Server:
         applied = tuple((e.vni, self.gen) for e in reg.vnis)
         self.sock.sendto(self.codec.encode(Ack(self.seq.next(), REGISTRY, applied)), peer)
         self.peer = peer
+        self.compact = reg.max_version >= COMPACT_SINCE
 
     def _receive(self, deadline: float) -> Ack | None:
         """One datagram from vxrd: an Ack is returned, a register answered."""
@@ -186,7 +197,9 @@ class Server:
         """The next generation's datagrams: a snapshot of `add`, or a delta adding it."""
         gen = self.gen + 1
         base = None if snapshot else self.gen
-        template = Membership(self.seq.next(), REGISTRY, VNI, gen, base, tuple(add), ())
+        template = Membership(
+            self.seq.next(), REGISTRY, VNI, gen, base, tuple(add), (), compact=self.compact
+        )
         parts = split_membership(self.codec, template, self.seq.many())
         self.gen = gen
         return gen, [self.codec.encode(p) for p in parts]
