@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Container
+from socket import AF_BRIDGE
 from typing import Any
 
 from vxrd.model import Address, KernelEvent, LinkChanged, LinkRemoved, VxlanDevice
@@ -93,7 +94,19 @@ def link_event(msg: Any, known: Container[int]) -> KernelEvent | None:
     again. A message without what the device needs (no IFLA_LINKINFO,
     IFLA_INFO_DATA or name) about an ifindex known to be VXLAN (`known`)
     still counts, with device None: the caller re-reads that one.
+
+    The AF_BRIDGE ones are skipped: a device that is a bridge port (every VXLAN
+    device on a Linux bridge, Proxmox or libvirt host) gets a second
+    notification of family AF_BRIDGE for each change (port state: name,
+    master, operstate, IFLA_PROTINFO, no IFLA_LINKINFO), and an AF_BRIDGE
+    RTM_DELLINK when it merely leaves its bridge. The AF_UNSPEC notification
+    beside it carries the whole device; read as LinkChanged(index) the bridge
+    ones cost a netlink round trip each (three per up/down of a bridged
+    device, about 1 ms of vxrd's CPU), and the port's DELLINK would drop a
+    device that still exists.
     """
+    if msg.get("family") == AF_BRIDGE:
+        return None
     top = _pick(msg, _LINK_ATTRS)
     index = msg["index"]
     linkinfo = top.get("IFLA_LINKINFO")

@@ -449,6 +449,43 @@ async def test_link_and_fdb_events(lab: Lab, kern: Kernel) -> None:
         await rec.stop()
 
 
+async def test_a_bridged_device_changes_with_whole_notifications(lab: Lab, kern: Kernel) -> None:
+    """A VXLAN device on a bridge (every Proxmox/libvirt host): the kernel adds an
+    AF_BRIDGE notification to each change of the port. Every LinkChanged carries the
+    device (no re-read of the kernel), and leaving the bridge is no LinkRemoved."""
+    lab.run("ip", "link", "add", "br0", "type", "bridge")
+    lab.run("ip", "link", "set", "br0", "up")
+    idx = lab.vxlan("vx6", "id", "106", "local", "10.0.0.1", "dstport", "4789", "nolearning")
+    lab.run("ip", "link", "set", "vx6", "master", "br0")
+    rec = Recorder(kern)
+    try:
+        await asyncio.sleep(0.05)  # the stream is bound; what came before is not asked about
+        rec.seen.clear()
+        lab.run("ip", "link", "set", "vx6", "up")
+        await rec.wait_link(idx, lambda d: d.up)
+        lab.run("ip", "link", "set", "vx6", "down")
+        await rec.wait_link(idx, lambda d: not d.up)
+        lab.run("ip", "link", "set", "vx6", "nomaster")
+        lab.run("ip", "link", "set", "vx6", "up")  # a marker after the port left
+        await eventually(
+            lambda: (
+                sum(
+                    isinstance(e, LinkChanged) and e.device is not None and e.device.up
+                    for e in rec.seen
+                )
+                >= 2
+            )
+        )
+        mine = [e for e in rec.seen if getattr(e, "ifindex", None) == idx]
+        assert mine and all(isinstance(e, LinkChanged) and e.device is not None for e in mine)
+        assert LinkRemoved(idx) not in rec.seen
+        # positive control: deleting it is a LinkRemoved
+        lab.run("ip", "link", "del", "vx6")
+        await rec.wait_for(LinkRemoved(idx))
+    finally:
+        await rec.stop()
+
+
 async def test_events_keep_a_mirror_equal_to_the_kernel(lab: Lab, kern: Kernel) -> None:
     """Filled by one dump, then fed only events: hand-made changes with `bridge` and
     our own writes, mixed; the mirror ends equal to a fresh dump."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from socket import AF_BRIDGE
 from typing import Any
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -16,10 +17,12 @@ VXLAN_DATA = (
 )
 
 
-def message(index: int, attrs: list[Any], event: str = "RTM_NEWLINK", flags: int = 1) -> Any:
+def message(
+    index: int, attrs: list[Any], event: str = "RTM_NEWLINK", flags: int = 1, family: int = 0
+) -> Any:
     """An ifinfmsg as pyroute2 hands it over from the socket: encoded, then parsed."""
     m = ifinfmsg()
-    m["family"] = 0
+    m["family"] = family
     m["index"] = index
     m["flags"] = flags
     m["attrs"] = attrs
@@ -59,3 +62,14 @@ def test_deletion_and_other_kinds() -> None:
     assert link_event(message(7, [], event="RTM_DELLINK"), known={7}) == LinkRemoved(7)
     bridge = ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})
     assert link_event(message(9, [("IFLA_IFNAME", "br0"), bridge]), known={9}) is None
+
+
+def test_bridge_port_notifications_are_not_device_changes() -> None:
+    # what the kernel sends beside the AF_UNSPEC one when a bridged vx100 changes
+    port = [("IFLA_IFNAME", "vx100"), ("IFLA_MASTER", 3), ("IFLA_OPERSTATE", "UP")]
+    assert link_event(message(7, port, family=AF_BRIDGE), known={7}) is None
+    # leaving the bridge: the device is still there
+    gone = message(7, port, event="RTM_DELLINK", family=AF_BRIDGE)
+    assert link_event(gone, known={7}) is None
+    # the same message as AF_UNSPEC still counts (positive control)
+    assert link_event(message(7, port), known={7}) == LinkChanged(7, None)
