@@ -150,22 +150,26 @@ def daemons(repeat: int) -> dict[str, tuple[float, float, float, float]]:
     }
 
 
+def print_imports(title: str, rows: dict[str, tuple[float, float]]) -> None:
+    """The import table: CPU and peak RSS per row, each against the bare row."""
+    bare_cpu, bare_rss = rows["bare"]
+    print(f"{title} (CPU = user+sys)")
+    print("(bytecode compiled first, as an install has it)")
+    print(f"{'row':8} {'CPU ms':>8} {'x bare':>7} {'peak RSS MiB':>13} {'x bare':>7}")
+    for name, (cpu, rss) in rows.items():
+        print(f"{name:8} {cpu * 1e3:8.1f} {cpu / bare_cpu:7.2f} {rss:13.1f} {rss / bare_rss:7.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--before-tree", type=Path, help="checkout to import 'before' from")
     args = parser.parse_args(argv)
 
-    for tree in (REPO, args.before_tree):
-        if tree is not None:
-            compile_tree(tree)
+    compile_tree(REPO, args.before_tree)
     rows = imports(args.repeat, args.before_tree)
     bare_cpu, bare_rss = rows["bare"]
-    print(f"import of vxrd's entry module, median of {args.repeat} (CPU = user+sys)")
-    print("(bytecode compiled first, as an install has it)")
-    print(f"{'row':8} {'CPU ms':>8} {'x bare':>7} {'peak RSS MiB':>13} {'x bare':>7}")
-    for name, (cpu, rss) in rows.items():
-        print(f"{name:8} {cpu * 1e3:8.1f} {cpu / bare_cpu:7.2f} {rss:13.1f} {rss / bare_rss:7.2f}")
+    print_imports(f"import of vxrd's entry module, median of {args.repeat}", rows)
     (b_cpu, b_rss), (a_cpu, a_rss) = rows["before"], rows["after"]
     print(
         f"after/before: CPU {a_cpu / b_cpu:.2f}, RSS {a_rss / b_rss:.2f}; "

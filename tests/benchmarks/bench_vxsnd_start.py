@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.benchmarks.bench_vxrd_start import proc_numbers, run_child
+from tests.benchmarks.bench_vxrd_start import print_imports, proc_numbers, run_child
 from tests.benchmarks.bytecode import compile_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,16 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per row (default 5)")
     parser.add_argument("--before-tree", type=Path, help="checkout to compare with (default: none)")
     args = parser.parse_args(argv)
-    for tree in (REPO, args.before_tree):
-        if tree is not None:
-            compile_tree(tree)
+    compile_tree(REPO, args.before_tree)
     rows = imports(args.repeat, args.before_tree)
-    bare_cpu, bare_rss = rows["bare"]
-    print(f"import of vxsnd's modules, median of {args.repeat} (CPU = user+sys)")
-    print("(bytecode compiled first, as an install has it)")
-    print(f"{'row':8} {'CPU ms':>8} {'x bare':>7} {'peak RSS MiB':>13} {'x bare':>7}")
-    for name, (cpu, rss) in rows.items():
-        print(f"{name:8} {cpu * 1e3:8.1f} {cpu / bare_cpu:7.2f} {rss:13.1f} {rss / bare_rss:7.2f}")
+    _, bare_rss = rows["bare"]
+    print_imports(f"import of vxsnd's modules, median of {args.repeat}", rows)
     trees = {"after": REPO}
     if args.before_tree is not None:
         trees = {"before": args.before_tree, **trees}

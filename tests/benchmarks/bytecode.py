@@ -17,9 +17,10 @@ from pathlib import Path
 PACKAGES = ("vxflood", "vxrd", "vxsnd")
 
 
-def compile_tree(tree: Path) -> None:
-    """Write __pycache__ for the project's packages in `tree`, as an install would."""
-    for name in PACKAGES:
-        package = tree / name
-        if package.is_dir() and not compileall.compile_dir(package, quiet=1):
-            raise RuntimeError(f"compiling {package} failed")
+def compile_tree(*trees: Path | None) -> None:
+    """Write __pycache__ for the project's packages in each tree, as an install would."""
+    for tree in filter(None, trees):
+        for name in PACKAGES:
+            package = tree / name
+            if package.is_dir() and not compileall.compile_dir(package, quiet=1):
+                raise RuntimeError(f"compiling {package} failed")
