@@ -116,6 +116,16 @@ def test_stamped_equals_codec_encode(keyed: bool) -> None:
             assert st.stamp_at(prefix, env.seq, env.time_ms) == expect
 
 
+def test_stamped_integers_of_every_msgpack_width() -> None:
+    codec = Codec()
+    part = Membership(Envelope("srv", 1, 1, 1), "reg", 100, 7, None, (address("10.0.0.1"),), ())
+    st = Stamped(codec, part)
+    prefix = sender_prefix("srv", 1)
+    for v in (0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**63, 2**64 - 1):
+        env = Envelope("srv", 1, v, v)
+        assert st.stamp_at(prefix, v, v) == codec.encode(replace(part, env=env)), v
+
+
 def test_sequencer_take_numbers_a_burst_and_stamps_it_alike() -> None:
     seq = Sequencer("srv", incarnation=5, clock=lambda: 1_700_000_000.25)
     seq.next()
