@@ -17,6 +17,9 @@ BENCHMARKS = (
     ("vxrd snapshot vs bridge -batch", ["tests.benchmarks.bench_snapshot"], True),
     ("vxrd per change at 10 to 10k entries", ["tests.benchmarks.bench_reconcile"], True),
     ("join/leave convergence", ["tests.benchmarks.bench_convergence"], True),
+    ("vxrd start-up", ["tests.benchmarks.bench_vxrd_start"], False),
+    ("vxsnd start-up", ["tests.benchmarks.bench_vxsnd_start"], False),
+    ("cold start of the lab", ["tests.benchmarks.bench_coldstart"], True),
 )
 
 
