@@ -19,7 +19,6 @@ with it. Also printed: the vxrd processes' CPU (schedstat) during the start.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contrib.lab import Lab, new_prefix
-from tests.benchmarks.bench_convergence import Event, Observer
+from tests.benchmarks.bench_convergence import Event, Observer, schedstat_ns
 from tests.benchmarks.bytecode import compile_tree
 
 PORT = 10001
@@ -83,11 +82,7 @@ def floor(lab: Lab) -> float:
 
 
 def cpu_s(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-    return total / 1e9
+    return sum(schedstat_ns(pid) for pid in pids) / 1e9
 
 
 def cold(lab: Lab, workdir: Path) -> tuple[float, float]:

@@ -455,11 +455,10 @@ class Bench:
         out = {"vxsnd": 0, "vxrd": 0, "joiner": 0}
         joiner = f"vxrd-h{self.joiner.index}"
         for label, proc, _ in self.procs:
-            with contextlib.suppress(OSError):
-                ns = int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[0])
-                out["vxsnd" if label == "vxsnd" else "vxrd"] += ns
-                if label == joiner:
-                    out["joiner"] += ns
+            ns = schedstat_ns(proc.pid)
+            out["vxsnd" if label == "vxsnd" else "vxrd"] += ns
+            if label == joiner:
+                out["joiner"] += ns
         return out
 
     def _check_alive(self) -> None:
